@@ -1,0 +1,1 @@
+"""Developer commands for running kafka-bridge locally; not installed."""
