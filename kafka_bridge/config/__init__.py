@@ -1,1 +1,36 @@
-"""Loading and validating the bridge configuration."""
+"""Loading and validating the bridge configuration.
+
+`load_settings` turns the YAML file, environment overrides and secret
+references into typed `Settings`, or raises `ConfigError` listing every
+problem; `render_masked` shows the result with secrets hidden.
+"""
+
+from kafka_bridge.config.loader import load_settings, settings_from_mapping
+from kafka_bridge.config.settings import (
+    ApiSettings,
+    KafkaSettings,
+    LibrdkafkaValue,
+    LoggingSettings,
+    MetricsSettings,
+    PipelineSettings,
+    RetrySettings,
+    Settings,
+    render_masked,
+)
+from kafka_bridge.errors import ConfigError, ConfigProblem
+
+__all__ = [
+    "ApiSettings",
+    "ConfigError",
+    "ConfigProblem",
+    "KafkaSettings",
+    "LibrdkafkaValue",
+    "LoggingSettings",
+    "MetricsSettings",
+    "PipelineSettings",
+    "RetrySettings",
+    "Settings",
+    "load_settings",
+    "render_masked",
+    "settings_from_mapping",
+]

@@ -1,0 +1,225 @@
+"""The validated configuration as typed, immutable settings.
+
+The rest of the bridge reads these classes and never the raw file. Their
+defaults are read from the schema, the one place they are written, so a
+setting built in code and one loaded from a file agree. Build them with
+keyword arguments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any
+
+import yaml
+
+from kafka_bridge.config.masking import (
+    Predicate,
+    error_predicate,
+    mask_tree,
+    settings_predicate,
+)
+from kafka_bridge.config.paths import KeyPath
+from kafka_bridge.config.schema import default_at
+
+LibrdkafkaValue = str | int | float | bool
+
+
+def _default_factory(*path: str) -> Any:
+    return field(default_factory=functools.partial(default_at, *path))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KafkaSettings:
+    """Where records come from: the cluster, the group and the topics."""
+
+    bootstrap_servers: str
+    group_id: str = default_at("kafka", "group_id")
+    topics: tuple[str, ...]
+    consumer: Mapping[str, LibrdkafkaValue] = _default_factory("kafka", "consumer")
+    producer: Mapping[str, LibrdkafkaValue] = _default_factory("kafka", "producer")
+
+    def __repr__(self) -> str:
+        # A section does not know which of its values came from secret
+        # references, so it hides everything that may be one.
+        return _masked_repr(self, ("kafka",), error_predicate(()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetrySettings:
+    """Exponential backoff between delivery attempts."""
+
+    initial_backoff_seconds: float = default_at(
+        "api", "retry", "initial_backoff_seconds"
+    )
+    max_backoff_seconds: float = default_at("api", "retry", "max_backoff_seconds")
+    multiplier: float = default_at("api", "retry", "multiplier")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ApiSettings:
+    """Where records go: the HTTP endpoint and how to talk to it."""
+
+    primary_url: str
+    secondary_url: str | None = default_at("api", "secondary_url")
+    connect_timeout_seconds: float = default_at("api", "connect_timeout_seconds")
+    read_timeout_seconds: float = default_at("api", "read_timeout_seconds")
+    headers: Mapping[str, str] = _default_factory("api", "headers")
+    retry: RetrySettings = field(default_factory=RetrySettings)
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, ("api",), error_predicate(()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineSettings:
+    """How records move from the poll thread through the queue to workers."""
+
+    queue_capacity: int = default_at("pipeline", "queue_capacity")
+    resume_at_fraction: float = default_at("pipeline", "resume_at_fraction")
+    workers: int = default_at("pipeline", "workers")
+    batch_size: int = default_at("pipeline", "batch_size")
+    poll_timeout_seconds: float = default_at("pipeline", "poll_timeout_seconds")
+    shutdown_deadline_seconds: float = default_at(
+        "pipeline", "shutdown_deadline_seconds"
+    )
+    transform: str = default_at("pipeline", "transform")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MetricsSettings:
+    """The Prometheus endpoint."""
+
+    enabled: bool = default_at("metrics", "enabled")
+    host: str = default_at("metrics", "host")
+    port: int = default_at("metrics", "port")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LoggingSettings:
+    """Log level (upper case) and output format."""
+
+    level: str = default_at("logging", "level")
+    format: str = default_at("logging", "format")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """The whole configuration, and which of its values are secret."""
+
+    kafka: KafkaSettings
+    api: ApiSettings
+    pipeline: PipelineSettings = field(default_factory=PipelineSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    secret_paths: frozenset[tuple[str, ...]] = frozenset()
+
+    def masked(self) -> dict[str, Any]:
+        """The effective configuration as plain data, secrets as `***`.
+
+        Safe to print and to log: values from secret references, values of
+        credential-named keys and URL passwords are all replaced.
+        """
+        predicate = settings_predicate(self.secret_paths)
+        masked: dict[str, Any] = mask_tree(_plain(self), (), predicate)
+        return masked
+
+    def __repr__(self) -> str:
+        return _masked_repr(self, (), settings_predicate(self.secret_paths))
+
+
+def render_masked(settings: Settings) -> str:
+    """The effective configuration as YAML text, secrets masked."""
+    return yaml.safe_dump(
+        settings.masked(), sort_keys=False, allow_unicode=True, width=1 << 16
+    )
+
+
+def _masked_repr(settings: Any, path: KeyPath, is_secret: Predicate) -> str:
+    # A repr ends up in logs and test reports, so it hides what masked()
+    # hides.
+    shown = mask_tree(_plain(settings), path, is_secret)
+    inner = ", ".join(f"{key}={value!r}" for key, value in shown.items())
+    return f"{type(settings).__name__}({inner})"
+
+
+def _plain(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return {
+            spec.name: _plain(getattr(value, spec.name))
+            for spec in fields(value)
+            if spec.name != "secret_paths"
+        }
+    if isinstance(value, Mapping):
+        return {key: _plain(child) for key, child in value.items()}
+    if isinstance(value, tuple):
+        return [_plain(child) for child in value]
+    return value
+
+
+def build_settings(
+    data: Mapping[str, Any], secret_paths: frozenset[tuple[str, ...]]
+) -> Settings:
+    """Settings from data that passed validation with defaults filled in.
+
+    Numbers are converted because YAML's `30` is an int where a float is
+    meant, and JSON Schema counts `4.0` as an integer.
+    """
+    return Settings(
+        kafka=_kafka(data["kafka"]),
+        api=_api(data["api"]),
+        pipeline=_pipeline(data["pipeline"]),
+        metrics=_metrics(data["metrics"]),
+        logging=LoggingSettings(
+            level=data["logging"]["level"], format=data["logging"]["format"]
+        ),
+        secret_paths=secret_paths,
+    )
+
+
+def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
+    return KafkaSettings(
+        bootstrap_servers=section["bootstrap_servers"],
+        group_id=section["group_id"],
+        topics=tuple(section["topics"]),
+        consumer=dict(section["consumer"]),
+        producer=dict(section["producer"]),
+    )
+
+
+def _api(section: Mapping[str, Any]) -> ApiSettings:
+    retry = section["retry"]
+    return ApiSettings(
+        primary_url=section["primary_url"],
+        secondary_url=section["secondary_url"],
+        connect_timeout_seconds=float(section["connect_timeout_seconds"]),
+        read_timeout_seconds=float(section["read_timeout_seconds"]),
+        headers=dict(section["headers"]),
+        retry=RetrySettings(
+            initial_backoff_seconds=float(retry["initial_backoff_seconds"]),
+            max_backoff_seconds=float(retry["max_backoff_seconds"]),
+            multiplier=float(retry["multiplier"]),
+        ),
+    )
+
+
+def _pipeline(section: Mapping[str, Any]) -> PipelineSettings:
+    return PipelineSettings(
+        queue_capacity=int(section["queue_capacity"]),
+        resume_at_fraction=float(section["resume_at_fraction"]),
+        workers=int(section["workers"]),
+        batch_size=int(section["batch_size"]),
+        poll_timeout_seconds=float(section["poll_timeout_seconds"]),
+        shutdown_deadline_seconds=float(section["shutdown_deadline_seconds"]),
+        transform=section["transform"],
+    )
+
+
+def _metrics(section: Mapping[str, Any]) -> MetricsSettings:
+    return MetricsSettings(
+        enabled=section["enabled"],
+        host=section["host"],
+        port=int(section["port"]),
+    )

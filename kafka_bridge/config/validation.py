@@ -1,0 +1,318 @@
+"""Checking configuration data, and saying what is wrong in a user's terms.
+
+The JSON Schema does most of the checking. jsonschema's own messages quote
+the whole offending value (secrets included) and speak of "additional
+properties"; each error is translated here into a ConfigProblem that names
+the setting, the rule, the value (masked where it may be secret) and a fix.
+The few rules a schema cannot state are checked here as well.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import math
+import re
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # the package ships no type hints
+
+from kafka_bridge.config.masking import describe_value
+from kafka_bridge.config.overrides import origin_of
+from kafka_bridge.config.paths import KeyPath, dotted
+from kafka_bridge.config.schema import SchemaNode, config_schema, known_keys, node_at
+from kafka_bridge.errors import ConfigProblem
+
+BUILT_IN_TRANSFORMS = ("envelope", "passthrough")
+IMPORTED_TRANSFORM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+# Keys the bridge sets itself from its own settings.
+_OWNED_KAFKA_KEYS = {
+    "consumer": {"bootstrap.servers": "bootstrap_servers", "group.id": "group_id"},
+    "producer": {"bootstrap.servers": "bootstrap_servers"},
+}
+
+_TYPE_WORDS = {
+    "string": "text",
+    "integer": "a whole number",
+    "number": "a number",
+    "boolean": "true or false",
+    "array": "a list",
+    "object": "a mapping of keys to values",
+    "null": "null",
+}
+
+_BOUND_WORDS = {
+    "minimum": ">=",
+    "exclusiveMinimum": ">",
+    "maximum": "<=",
+    "exclusiveMaximum": "<",
+}
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a problem needs beyond the data: which values are secret, which
+    came from environment variables, and which were already reported."""
+
+    secret_paths: Collection[tuple[str, ...]]
+    origins: Mapping[KeyPath, str]
+    reported_paths: Collection[KeyPath]
+
+    def problem(
+        self,
+        path: KeyPath,
+        rule: str,
+        message: str,
+        fix: str,
+        value: Any = None,
+        *,
+        has_value: bool = True,
+    ) -> ConfigProblem:
+        """A problem at `path`, its value masked and its source named."""
+        variable = origin_of(path, self.origins)
+        if variable is not None:
+            message = f"{message} (set by {variable})"
+
+        shown = describe_value(value, path, self.secret_paths) if has_value else ""
+        return ConfigProblem(
+            path=dotted(path), rule=rule, value=shown, fix=fix, message=message
+        )
+
+    def already_reported(self, path: KeyPath) -> bool:
+        return any(path[: len(done)] == done for done in self.reported_paths)
+
+
+def schema_problems(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    """Every way `data` breaks the schema, in key order."""
+    problems: list[ConfigProblem] = []
+    for error in _validator().iter_errors(data):
+        path: KeyPath = tuple(error.absolute_path)
+        if not context.already_reported(path):
+            problems.extend(_translate(error, path, context))
+    return problems
+
+
+@functools.cache
+def _validator() -> Any:
+    return jsonschema.Draft202012Validator(config_schema())
+
+
+def semantic_problems(
+    data: Mapping[str, Any], context: Context, reported: Collection[str]
+) -> list[ConfigProblem]:
+    """Rules the schema cannot state, skipping settings already reported."""
+    found = [
+        *_backoff_order(data, context),
+        *_transform(data, context),
+        *_owned_keys(data, context),
+        *_non_finite(data, (), context),
+    ]
+    return [p for p in found if p.path not in reported]
+
+
+def _translate(
+    error: jsonschema.ValidationError, path: KeyPath, context: Context
+) -> list[ConfigProblem]:
+    keyword: str = error.validator
+    if keyword == "additionalProperties":
+        extra = _unknown_keys(path, error.instance)
+        return [_unknown_key(path, key, error.instance, context) for key in extra]
+    if keyword == "required":
+        missing = [key for key in error.validator_value if key not in error.instance]
+        return [_missing_key(path, key, context) for key in missing]
+    if "propertyNames" in error.schema_path:
+        return [_bad_key_name(path, error, context)]
+    return [_bad_value(path, error, context)]
+
+
+def _unknown_keys(path: KeyPath, instance: Mapping[str, Any]) -> list[str]:
+    node = node_at(path) or {}
+    known = set(known_keys(node))
+    return [key for key in instance if key not in known]
+
+
+def _unknown_key(
+    path: KeyPath, key: str, instance: Mapping[str, Any], context: Context
+) -> ConfigProblem:
+    known = known_keys(node_at(path) or {})
+    close = difflib.get_close_matches(key, known, n=1)
+    suggestion = f"did you mean '{close[0]}'?" if close else ""
+    fix = suggestion or f"known keys here: {', '.join(known)}"
+
+    return context.problem(
+        (*path, key), "additionalProperties", "unknown key", fix, instance[key]
+    )
+
+
+def _missing_key(path: KeyPath, key: str, context: Context) -> ConfigProblem:
+    full = (*path, key)
+    fix = f"set {dotted(full)}"
+    example = _example(node_at(full) or {})
+    if example:
+        fix += f", e.g. {key}: {example}"
+    return context.problem(
+        full, "required", "required key is missing", fix, has_value=False
+    )
+
+
+def _bad_key_name(
+    path: KeyPath, error: jsonschema.ValidationError, context: Context
+) -> ConfigProblem:
+    name = str(error.instance)
+    fix = error.schema.get("x-fix", f"use a name matching {error.validator_value}")
+    return context.problem(
+        (*path, name), "propertyNames", "key name is not allowed", fix,
+        has_value=False,
+    )
+
+
+def _bad_value(
+    path: KeyPath, error: jsonschema.ValidationError, context: Context
+) -> ConfigProblem:
+    keyword: str = error.validator
+    schema: SchemaNode = error.schema
+    message, fix = _explain(keyword, error.validator_value, schema)
+    return context.problem(path, keyword, message, fix, error.instance)
+
+
+def _explain(keyword: str, expected: Any, schema: SchemaNode) -> tuple[str, str]:
+    if keyword == "type":
+        words = _type_words(expected)
+        return f"must be {words}", f"write {words} here{_example_suffix(schema)}"
+    if keyword == "enum":
+        allowed = ", ".join(str(item) for item in expected)
+        return "is not one of the allowed values", f"use one of: {allowed}"
+    if keyword in _BOUND_WORDS:
+        bound = f"{_BOUND_WORDS[keyword]} {expected}"
+        return f"must be {bound}", f"use a value {_bounds(schema)}"
+    if keyword == "pattern":
+        fix = schema.get("x-fix", f"use a value matching {expected}")
+        return "does not have the expected form", fix
+    if keyword == "minLength":
+        return "must not be empty", "write a non-empty value"
+    if keyword == "minItems":
+        entries = f"{expected} {'entry' if expected == 1 else 'entries'}"
+        return f"must list at least {entries}", (
+            f"list at least {entries}{_example_suffix(schema)}"
+        )
+    if keyword == "uniqueItems":
+        return "lists an entry more than once", "remove the repeated entries"
+    return f"breaks the {keyword} rule", f"make it satisfy {keyword}: {expected}"
+
+
+def _type_words(expected: str | list[str]) -> str:
+    kinds = [expected] if isinstance(expected, str) else list(expected)
+    if "number" in kinds and "integer" in kinds:
+        kinds.remove("integer")
+
+    words = [_TYPE_WORDS.get(kind, kind) for kind in kinds]
+    if len(words) == 1:
+        return words[0]
+    return f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _bounds(schema: SchemaNode) -> str:
+    parts = [
+        f"{word} {schema[keyword]}"
+        for keyword, word in _BOUND_WORDS.items()
+        if keyword in schema
+    ]
+    return " and ".join(parts)
+
+
+def _example(schema: SchemaNode) -> str:
+    examples = schema.get("examples")
+    if not examples:
+        return ""
+    return describe_value(examples[0], (), ())
+
+
+def _example_suffix(schema: SchemaNode) -> str:
+    example = _example(schema)
+    return f", e.g. {example}" if example else ""
+
+
+def _section(data: Mapping[str, Any], *path: str) -> Mapping[str, Any]:
+    level: Any = data
+    for key in path:
+        level = level.get(key) if isinstance(level, Mapping) else None
+    return level if isinstance(level, Mapping) else {}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _backoff_order(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    retry = _section(data, "api", "retry")
+    initial: Any = retry.get("initial_backoff_seconds")
+    maximum: Any = retry.get("max_backoff_seconds")
+    comparable = _is_number(initial) and _is_number(maximum)
+    if not comparable or maximum >= initial:
+        return []
+
+    path: KeyPath = ("api", "retry", "max_backoff_seconds")
+    return [
+        context.problem(
+            path,
+            "max-backoff-at-least-initial",
+            "is below api.retry.initial_backoff_seconds",
+            "raise max_backoff_seconds or lower initial_backoff_seconds "
+            "so that max >= initial",
+            maximum,
+        )
+    ]
+
+
+def _transform(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    transform = _section(data, "pipeline").get("transform")
+    if not isinstance(transform, str) or not transform:
+        return []
+    if transform in BUILT_IN_TRANSFORMS or IMPORTED_TRANSFORM.match(transform):
+        return []
+
+    return [
+        context.problem(
+            ("pipeline", "transform"),
+            "transform",
+            "is neither a built-in transform nor module:function",
+            "use envelope, passthrough, or an import reference such as "
+            "mycompany.transforms:to_order",
+            transform,
+        )
+    ]
+
+
+def _owned_keys(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    problems = []
+    for map_name, owned in _OWNED_KAFKA_KEYS.items():
+        properties = _section(data, "kafka", map_name)
+        for key, setting in owned.items():
+            if key in properties:
+                problems.append(
+                    context.problem(
+                        ("kafka", map_name, key),
+                        "set-by-bridge",
+                        f"is set from kafka.{setting}",
+                        f"remove it here and set kafka.{setting} instead",
+                        properties[key],
+                    )
+                )
+    return problems
+
+
+def _non_finite(value: Any, path: KeyPath, context: Context) -> Iterator[ConfigProblem]:
+    if isinstance(value, float) and not math.isfinite(value):
+        yield context.problem(
+            path, "finite", "must be a finite number", "write an ordinary number",
+            value,
+        )
+    elif isinstance(value, Mapping):
+        for key, child in value.items():
+            yield from _non_finite(child, (*path, key), context)
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            yield from _non_finite(child, (*path, index), context)
