@@ -20,3 +20,38 @@ $(STAMP): pyproject.toml
 
 .PHONY: venv
 venv: $(STAMP)  ## Create the virtualenv and install the package with its extras.
+
+KAFKA := $(BIN)/python tools/local_kafka.py
+TEST_KAFKA_STATE := .cache/kafka/test
+
+.PHONY: test
+test: $(STAMP)  ## Run the test suite against a local Kafka broker it starts and stops.
+	@bootstrap=$$($(KAFKA) start --state-dir $(TEST_KAFKA_STATE)) || exit 1; \
+	trap '$(KAFKA) stop --state-dir $(TEST_KAFKA_STATE)' EXIT; \
+	echo "local Kafka at $$bootstrap"; \
+	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: demo
+demo: $(STAMP)  ## Run the bridge end to end on a local Kafka and a local API.
+	$(BIN)/python tools/demo.py
+
+.PHONY: bench
+bench: $(STAMP)  ## Measure the bridge against the raw consume and POST ceilings.
+	$(BIN)/python tools/bench.py
+
+.PHONY: lint
+lint: $(STAMP)  ## Check style with ruff and types with mypy.
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+.PHONY: kafka-start
+kafka-start: $(STAMP)  ## Start the local Kafka broker and print its address.
+	@$(KAFKA) start
+
+.PHONY: kafka-stop
+kafka-stop: $(STAMP)  ## Stop the local Kafka broker.
+	@$(KAFKA) stop
+
+.PHONY: clean
+clean:  ## Remove the virtualenv and caches (keeps the Kafka jars).
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

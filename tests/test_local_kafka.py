@@ -21,8 +21,8 @@ from confluent_kafka import (
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
-from conftest import NewTopicFactory, create_topic, unique_topic_name
 
+from tests.conftest import NewTopicFactory, create_topic, unique_topic_name
 from tools.local_kafka import (
     LOOPBACK_HOST,
     LocalKafka,

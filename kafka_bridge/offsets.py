@@ -1,0 +1,171 @@
+"""Which offsets may be committed, per partition, while records finish out
+of order.
+
+Workers finish records in any order, but Kafka keeps one committed offset per
+partition: committing offset N says every record below N is done. The
+tracker therefore remembers, per partition, the offsets handed out in order
+and which of them are finished, and offers for commit only the offset of the
+lowest record still pending. A slow or failed record holds its partition's
+commit back; it never lets a later record be committed past it.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(eq=False)
+class PartitionProgress:
+    """The pending offsets of one assigned partition.
+
+    `abandoned` is set when the partition is revoked or the bridge shuts
+    down: a worker retrying one of its records waits on it, so it gives up
+    at once instead of after its backoff.
+    """
+
+    pending: deque[int] = field(default_factory=deque)
+    finished: set[int] = field(default_factory=set)
+    next_offset: int | None = None
+    committed_offset: int | None = None
+    active: int = 0
+    abandoned: threading.Event = field(default_factory=threading.Event)
+
+    def advance(self) -> None:
+        """Move past every finished offset at the head of the queue."""
+        while self.pending and self.pending[0] in self.finished:
+            offset = self.pending.popleft()
+            self.finished.discard(offset)
+            self.next_offset = offset + 1
+
+    @property
+    def commit_offset(self) -> int | None:
+        """The offset a commit may name: the lowest one still pending."""
+        if self.pending:
+            return self.pending[0]
+        return self.next_offset
+
+
+class OffsetTracker:
+    """Thread-safe per-partition record of handed-out and finished offsets.
+
+    The poll thread calls `track` for each record in consumption order;
+    workers call `begin` and `finish`; the poll thread asks `committable`
+    for what to commit and reports commits back with `mark_committed`.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._partitions: dict[TopicPartitionKey, PartitionProgress] = {}
+
+    def track(self, topic: str, partition: int, offset: int) -> None:
+        """Note a record handed to the workers; offsets must increase."""
+        with self._lock:
+            progress = self._partitions.setdefault(
+                (topic, partition), PartitionProgress()
+            )
+            if progress.pending and offset <= progress.pending[-1]:
+                raise ValueError(
+                    f"offset {offset} of {topic}/{partition} is not above "
+                    f"the last tracked offset {progress.pending[-1]}"
+                )
+            progress.pending.append(offset)
+
+    def begin(self, topic: str, partition: int) -> PartitionProgress | None:
+        """Claim a record for delivery, or None if its partition is gone.
+
+        A record of a revoked or abandoned partition must not be delivered:
+        its new owner will consume it again.
+        """
+        with self._lock:
+            progress = self._partitions.get((topic, partition))
+            if progress is None or progress.abandoned.is_set():
+                return None
+            progress.active += 1
+            return progress
+
+    def finish(
+        self, progress: PartitionProgress, offset: int, *, done: bool
+    ) -> None:
+        """Release a record claimed with `begin`; `done` marks it committable.
+
+        It takes the claim rather than the partition's name so that a
+        record of a revoked partition cannot touch a later assignment of
+        the same partition.
+        """
+        with self._lock:
+            progress.active -= 1
+            if done:
+                progress.finished.add(offset)
+                progress.advance()
+            if progress.active == 0:
+                self._idle.notify_all()
+
+    def committable(self) -> dict[TopicPartitionKey, int]:
+        """Offsets that moved forward since they were last committed."""
+        with self._lock:
+            return {
+                key: offset
+                for key, progress in self._partitions.items()
+                if (offset := progress.commit_offset) is not None
+                and offset != progress.committed_offset
+            }
+
+    def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
+        """Record offsets the broker accepted, so they are not sent again."""
+        with self._lock:
+            for key, offset in offsets.items():
+                progress = self._partitions.get(key)
+                if progress is not None:
+                    progress.committed_offset = offset
+
+    def forget_commits(self, keys: list[TopicPartitionKey]) -> None:
+        """Offer these partitions' offsets again: their commit failed."""
+        with self._lock:
+            for key in keys:
+                progress = self._partitions.get(key)
+                if progress is not None:
+                    progress.committed_offset = None
+
+    def abandon(self, keys: list[TopicPartitionKey] | None = None) -> None:
+        """Stop delivery of these partitions' records (all when None)."""
+        with self._lock:
+            for key, progress in self._partitions.items():
+                if keys is None or key in keys:
+                    progress.abandoned.set()
+
+    def wait_idle(
+        self, keys: list[TopicPartitionKey] | None, timeout_seconds: float
+    ) -> bool:
+        """Wait until no worker holds a record of these partitions."""
+        with self._lock:
+            return self._idle.wait_for(
+                lambda: self._active(keys) == 0, timeout=timeout_seconds
+            )
+
+    def forget(self, keys: list[TopicPartitionKey]) -> None:
+        """Drop partitions that are no longer assigned."""
+        with self._lock:
+            for key in keys:
+                progress = self._partitions.pop(key, None)
+                if progress is not None:
+                    progress.abandoned.set()
+
+    def pending_count(self) -> int:
+        """Records handed out and not yet finished, over all partitions."""
+        with self._lock:
+            return sum(
+                len(p.pending) - len(p.finished)
+                for p in self._partitions.values()
+            )
+
+    def _active(self, keys: list[TopicPartitionKey] | None) -> int:
+        return sum(
+            progress.active
+            for key, progress in self._partitions.items()
+            if keys is None or key in keys
+        )

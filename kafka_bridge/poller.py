@@ -1,0 +1,352 @@
+"""The poll thread: the only thread that touches the Kafka consumer.
+
+It consumes in batches and hands records to the workers through a bounded
+queue. When the queue is full it does not stop polling, which would let
+`max.poll.interval.ms` lapse and cost a rebalance: it pauses its partitions,
+holds the overflow of the last batch, and keeps calling `consume()` (which
+then returns nothing for them) until the queue drains below its low-water
+mark. It also commits: after every `consume()` it commits the offsets the
+offset tracker says are safe, and on revocation and shutdown it commits
+synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import structlog
+from confluent_kafka import (
+    Consumer,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
+
+from kafka_bridge import metrics
+from kafka_bridge.offsets import OffsetTracker, TopicPartitionKey
+from kafka_bridge.records import Record
+
+log = structlog.get_logger(__name__)
+
+RecordQueue = queue.Queue[Record]
+
+
+class Poller(threading.Thread):
+    """Owns the consumer: consume, hand off, pause, resume, commit, close.
+
+    Life cycle: `start()`; `stop_fetching()` once the bridge is stopping,
+    after which the thread keeps serving callbacks and commits but hands
+    out nothing new; `finish(timeout)` commits a last time and closes the
+    consumer; `join()`.
+    """
+
+    def __init__(
+        self,
+        consumer_config: dict[str, Any],
+        topics: Sequence[str],
+        records: RecordQueue,
+        tracker: OffsetTracker,
+        *,
+        batch_size: int,
+        poll_timeout_seconds: float,
+        resume_at_fraction: float,
+        revoke_timeout_seconds: float,
+        on_failure: Callable[[], None],
+    ) -> None:
+        super().__init__(name="poller", daemon=True)
+        self._consumer = Consumer(
+            {
+                **consumer_config,
+                "on_commit": self._on_commit,
+                "error_cb": self._on_client_error,
+            }
+        )
+        self._topics = list(topics)
+        self._records = records
+        self._tracker = tracker
+        self._batch_size = batch_size
+        self._poll_timeout_seconds = poll_timeout_seconds
+        self._resume_below = max(
+            1, int(records.maxsize * resume_at_fraction)
+        )
+        self._revoke_timeout_seconds = revoke_timeout_seconds
+        self._on_failure = on_failure
+
+        self._overflow: deque[Record] = deque()
+        self._assigned: list[TopicPartition] = []
+        self._paused = False
+        self._repause = False
+        self._fetching = True
+        self._closing = threading.Event()
+        self._closed = threading.Event()
+        self.subscribed = threading.Event()
+        self.assigned = threading.Event()
+        self.failure: BaseException | None = None
+
+    # -- the thread ----------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            self._consumer.subscribe(
+                self._topics,
+                on_assign=self._on_assign,
+                on_revoke=self._on_revoke,
+                on_lost=self._on_lost,
+            )
+            self.subscribed.set()
+            while not self._closing.is_set():
+                self._poll_once()
+            self._close_consumer()
+        except BaseException as error:
+            self.failure = error
+            log.error("poller_failed", exc_info=True)
+            self._tracker.abandon()
+        finally:
+            self._closed.set()
+            if self.failure is not None:
+                self._on_failure()
+
+    def stop_fetching(self) -> None:
+        """Hand out no more records; keep polling and committing."""
+        self._fetching = False
+
+    def finish(self, timeout_seconds: float) -> bool:
+        """Commit what is done, close the consumer; False if that hung."""
+        self._fetching = False
+        self._closing.set()
+        return self._closed.wait(timeout_seconds)
+
+    @property
+    def paused(self) -> bool:
+        """The assigned partitions are paused because the queue is full."""
+        return self._paused
+
+    # -- one turn of the loop -----------------------------------------
+
+    def _poll_once(self) -> None:
+        self._hand_off_overflow()
+        self._pause_or_resume()
+
+        messages = self._consumer.consume(
+            num_messages=self._batch_size,
+            timeout=self._poll_timeout_seconds,
+        )
+        for message in messages:
+            self._accept(message)
+
+        self._commit(asynchronous=True)
+
+    def _accept(self, message: Any) -> None:
+        error = message.error()
+        if error is not None:
+            self._on_consume_error(error)
+            return
+        if not self._fetching:
+            # Not tracked, so never committed: the next owner of the
+            # partition reads it again.
+            return
+
+        record = Record.from_message(message)
+        self._tracker.track(record.topic, record.partition, record.offset)
+        metrics.CONSUMED.labels(record.topic).inc()
+        if self._overflow:
+            self._overflow.append(record)
+            return
+        try:
+            self._records.put_nowait(record)
+        except queue.Full:
+            self._overflow.append(record)
+
+    def _hand_off_overflow(self) -> None:
+        while self._overflow:
+            try:
+                self._records.put_nowait(self._overflow[0])
+            except queue.Full:
+                return
+            self._overflow.popleft()
+
+    def _pause_or_resume(self) -> None:
+        if not self._assigned:
+            return
+        if self._paused and self._repause:
+            # Partitions assigned while paused start out fetching.
+            self._consumer.pause(self._assigned)
+            self._repause = False
+        if self._overflow and not self._paused:
+            self._consumer.pause(self._assigned)
+            self._paused = True
+            metrics.PAUSES.inc()
+            log.info("partitions_paused", count=len(self._assigned))
+        elif self._paused and self._has_drained():
+            self._consumer.resume(self._assigned)
+            self._paused = False
+            log.info("partitions_resumed", count=len(self._assigned))
+        metrics.PAUSED_PARTITIONS.set(
+            len(self._assigned) if self._paused else 0
+        )
+
+    def _has_drained(self) -> bool:
+        return not self._overflow and (
+            self._records.qsize() < self._resume_below
+        )
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise KafkaException(error)
+        log.warning("consume_error", error=error.str(), code=error.name())
+
+    # -- commits --------------------------------------------------------
+
+    def _commit(self, *, asynchronous: bool) -> None:
+        offsets = self._tracker.committable()
+        if not offsets:
+            return
+
+        partitions = [
+            TopicPartition(topic, partition, offset)
+            for (topic, partition), offset in offsets.items()
+        ]
+        try:
+            self._consumer.store_offsets(offsets=partitions)
+            if asynchronous:
+                self._consumer.commit(offsets=partitions, asynchronous=True)
+            else:
+                result = self._consumer.commit(
+                    offsets=partitions, asynchronous=False
+                )
+                self._check_sync_commit(result, offsets)
+        except KafkaException as error:
+            metrics.COMMITS.labels("failure").inc()
+            log.warning("commit_failed", error=str(error))
+            return
+
+        # An asynchronous commit is reported to on_commit; marking it
+        # now only avoids sending the same offsets again every turn.
+        self._tracker.mark_committed(offsets)
+
+    def _check_sync_commit(
+        self,
+        result: list[TopicPartition],
+        offsets: dict[TopicPartitionKey, int],
+    ) -> None:
+        failed = [tp for tp in result if tp.error is not None]
+        for tp in failed:
+            offsets.pop((tp.topic, tp.partition), None)
+            log.warning(
+                "commit_failed",
+                topic=tp.topic,
+                partition=tp.partition,
+                error=str(tp.error),
+            )
+        metrics.COMMITS.labels("failure" if failed else "success").inc()
+
+    def _on_commit(
+        self, error: KafkaError | None, partitions: list[TopicPartition]
+    ) -> None:
+        """librdkafka's report on an asynchronous commit."""
+        if error is None:
+            metrics.COMMITS.labels("success").inc()
+            return
+        metrics.COMMITS.labels("failure").inc()
+        log.warning("commit_failed", error=error.str())
+        self._tracker.forget_commits(
+            [(tp.topic, tp.partition) for tp in partitions]
+        )
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        """Errors librdkafka reports outside consume(): brokers down,
+        authentication; it retries them itself unless they are fatal."""
+        if error.fatal():
+            log.error("kafka_fatal_error", error=error.str())
+            self.failure = KafkaException(error)
+            self._closing.set()
+            return
+        # librdkafka's own log already reports each failed connection.
+        level = (
+            logging.DEBUG
+            if error.code() == KafkaError._TRANSPORT
+            else logging.WARNING
+        )
+        log.log(level, "kafka_error", error=error.str(), code=error.name())
+
+    # -- rebalances -----------------------------------------------------
+
+    def _on_assign(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> None:
+        self._assigned = self._assigned + list(partitions)
+        self._repause = self._paused
+        self.assigned.set()
+        log.info("partitions_assigned", partitions=_names(partitions))
+
+    def _on_revoke(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Finish or abandon the partitions' records, then commit them.
+
+        Queued records of these partitions are skipped by the workers;
+        records being delivered get until the revoke timeout, then they
+        are abandoned uncommitted, to be delivered again by the new owner.
+        """
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._drop_overflow(keys)
+        self._tracker.abandon(keys)
+        if not self._tracker.wait_idle(keys, self._revoke_timeout_seconds):
+            log.warning(
+                "revoke_abandoned_records", partitions=_names(partitions)
+            )
+
+        self._commit(asynchronous=False)
+        self._tracker.forget(keys)
+        self._unassign(keys)
+        metrics.REBALANCES.inc()
+        log.info("partitions_revoked", partitions=_names(partitions))
+
+    def _on_lost(
+        self, consumer: Consumer, partitions: list[TopicPartition]
+    ) -> None:
+        """Lost partitions belong to someone else already: no commit."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._drop_overflow(keys)
+        self._tracker.forget(keys)
+        self._unassign(keys)
+        metrics.REBALANCES.inc()
+        log.warning("partitions_lost", partitions=_names(partitions))
+
+    def _unassign(self, keys: list[TopicPartitionKey]) -> None:
+        self._assigned = [
+            tp for tp in self._assigned if (tp.topic, tp.partition) not in keys
+        ]
+        if not self._assigned:
+            self._paused = False
+
+    def _drop_overflow(self, keys: list[TopicPartitionKey]) -> None:
+        self._overflow = deque(
+            record
+            for record in self._overflow
+            if (record.topic, record.partition) not in keys
+        )
+
+    # -- closing --------------------------------------------------------
+
+    def _close_consumer(self) -> None:
+        self._commit(asynchronous=False)
+        started = time.monotonic()
+        self._consumer.close()
+        log.info(
+            "consumer_closed",
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+
+def _names(partitions: list[TopicPartition]) -> list[str]:
+    return [f"{tp.topic}/{tp.partition}" for tp in partitions]
+

@@ -1,0 +1,1 @@
+"""User transforms for the transform tests, loaded by name as users do."""

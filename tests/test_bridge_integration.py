@@ -1,0 +1,163 @@
+"""The bridge end to end: a real broker, a real HTTP server, real threads."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+
+import pytest
+from prometheus_client import REGISTRY
+
+from tests.conftest import NewTopicFactory
+from tests.pipeline_support import (
+    WAIT_SECONDS,
+    bridge_settings,
+    committed_offsets,
+    ids_received,
+    produce,
+    running,
+)
+from tools.local_api import LocalApi
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def api() -> Iterator[LocalApi]:
+    with LocalApi() as server:
+        yield server
+
+
+def _bodies(api: LocalApi) -> list[dict[str, object]]:
+    return [request.json() for request in api.received()]
+
+
+@pytest.mark.parametrize("partitions", [1, 6])
+def test_every_record_reaches_the_api_exactly_once_and_is_committed(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi, partitions: int
+) -> None:
+    topic = new_topic(partitions)
+    produced = produce(kafka_bootstrap, topic, 600)
+    settings = bridge_settings(kafka_bootstrap, topic, api.url)
+
+    with running(settings):
+        assert api.wait_for_count(len(produced), WAIT_SECONDS)
+
+    received = ids_received(_bodies(api))
+    assert sorted(received) == sorted(p.record_id for p in produced)
+    committed = committed_offsets(
+        kafka_bootstrap, settings.kafka.group_id, topic, partitions
+    )
+    end_offsets = {
+        p: 1 + max(r.offset for r in produced if r.partition == p)
+        for p in range(partitions)
+    }
+    assert committed == end_offsets
+
+
+def test_each_request_carries_its_coordinates_as_idempotency_key(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, 3)
+
+    with running(bridge_settings(kafka_bootstrap, topic, api.url)):
+        assert api.wait_for_count(3, WAIT_SECONDS)
+
+    keys = sorted(r.headers["Idempotency-Key"] for r in api.received())
+    assert keys == [f"{topic}/0/{offset}" for offset in range(3)]
+
+
+def test_a_full_queue_pauses_the_partitions_and_loses_nothing(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    topic = new_topic(2)
+    produced = produce(kafka_bootstrap, topic, 300)
+    api.respond_with(200, delay_seconds=0.005)
+    pauses_before = _sample("kafka_bridge_partition_pauses_total")
+    settings = bridge_settings(
+        kafka_bootstrap,
+        topic,
+        api.url,
+        pipeline={"queue_capacity": 10, "workers": 2, "batch_size": 50},
+    )
+
+    with running(settings):
+        assert api.wait_for_count(len(produced), WAIT_SECONDS)
+
+    assert _sample("kafka_bridge_partition_pauses_total") > pauses_before
+    assert sorted(ids_received(_bodies(api))) == sorted(
+        p.record_id for p in produced
+    )
+
+
+def test_a_refused_record_is_retried_until_the_api_accepts_it(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    topic = new_topic(1)
+    produce(kafka_bootstrap, topic, 1)
+    api.respond_with(503, count=3)
+
+    with running(bridge_settings(kafka_bootstrap, topic, api.url)):
+        assert api.wait_for_count(4, WAIT_SECONDS)
+
+    assert [r.json()["value"]["id"] for r in api.received()] == ["r-000000"] * 4
+
+
+def test_a_record_that_cannot_be_transformed_is_never_committed(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    topic = new_topic(1)
+    produced = produce(kafka_bootstrap, topic, 5, values={2: b"{not json"})
+    settings = bridge_settings(kafka_bootstrap, topic, api.url)
+
+    with running(settings):
+        assert api.wait_for_count(4, WAIT_SECONDS)
+
+    assert len(ids_received(_bodies(api))) == 4
+    committed = committed_offsets(
+        kafka_bootstrap, settings.kafka.group_id, topic, 1
+    )
+    assert committed == {0: produced[2].offset}
+
+
+def test_a_stop_mid_run_commits_only_delivered_records_and_loses_none(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    topic = new_topic(3)
+    produced = produce(kafka_bootstrap, topic, 400)
+    api.respond_with(200, delay_seconds=0.01)
+    settings = bridge_settings(
+        kafka_bootstrap, topic, api.url, pipeline={"workers": 3}
+    )
+
+    with running(settings):
+        assert api.wait_for_count(60, WAIT_SECONDS)
+    first_run = set(ids_received(_bodies(api)))
+
+    committed = committed_offsets(
+        kafka_bootstrap, settings.kafka.group_id, topic, 3
+    )
+    assert len(first_run) < len(produced), "the stop came after the end"
+    for record in produced:
+        if record.offset < committed[record.partition]:
+            assert record.record_id in first_run, (record, committed)
+
+    api.reset_behaviour()
+    with running(settings):
+        assert _wait_for_ids(api, {p.record_id for p in produced})
+
+
+def _wait_for_ids(api: LocalApi, expected: set[str]) -> bool:
+    """Bounded wait until every expected id has been received."""
+    done = threading.Event()
+    for _ in range(int(WAIT_SECONDS / 0.1)):
+        if expected <= set(ids_received(_bodies(api))):
+            done.set()
+            break
+        done.wait(0.1)
+    return done.is_set()
+
+
+def _sample(name: str) -> float:
+    return REGISTRY.get_sample_value(name) or 0.0
