@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 import re
 from collections.abc import Callable, Mapping
@@ -15,11 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kafka_bridge.config import (
+    BreakerSettings,
     ConfigError,
     ConfigProblem,
+    DedupSettings,
+    DlqSettings,
     PipelineSettings,
     RetrySettings,
     Settings,
+    load_contract_schema,
     load_settings,
     render_masked,
     settings_from_mapping,
@@ -51,6 +56,17 @@ def with_section(section: str, **values: Any) -> Config:
     """The minimal configuration with `values` added to `section`."""
     data = minimal()
     data.setdefault(section, {}).update(values)
+    return data
+
+
+def with_value(dotted_path: str, value: Any) -> Config:
+    """The minimal configuration with `value` at a dotted key path."""
+    data = minimal()
+    *sections, key = dotted_path.split(".")
+    level = data
+    for section in sections:
+        level = level.setdefault(section, {})
+    level[key] = value
     return data
 
 
@@ -140,6 +156,54 @@ def test_settings_built_in_code_have_the_defaults_of_a_loaded_file() -> None:
 
     assert loaded.pipeline == PipelineSettings()
     assert loaded.api.retry == RetrySettings()
+    assert loaded.api.breaker == BreakerSettings()
+    assert loaded.dlq == DlqSettings()
+    assert loaded.dedup == DedupSettings()
+    assert loaded.api.contract_schema is None
+
+
+def test_the_failure_handling_defaults_are_the_documented_ones() -> None:
+    loaded = settings_from_mapping(minimal(), NO_ENVIRONMENT)
+
+    retry = loaded.api.retry
+    assert retry.max_attempts == 5
+    assert retry.max_elapsed_seconds == 300.0
+    assert retry.retryable_statuses == frozenset(
+        {408, 425, 429, 500, 502, 503, 504}
+    )
+    assert retry.max_retry_after_seconds == 60.0
+    assert loaded.api.breaker == BreakerSettings(
+        failure_threshold=5, cool_down_seconds=30.0
+    )
+    assert loaded.dlq == DlqSettings(
+        topic=None, rate_per_second=100.0, burst=100, when_limited="block"
+    )
+    assert loaded.dedup == DedupSettings(
+        enabled=False, key="key", capacity=100_000, max_age_seconds=3600.0
+    )
+    assert loaded.pipeline.ordering == "key"
+
+
+def test_new_numbers_get_the_types_the_settings_declare() -> None:
+    data = with_section("dlq", rate_per_second=5, burst=7.0)
+    data["api"]["retry"] = {"max_attempts": 3.0, "retryable_statuses": [503.0]}
+
+    loaded = settings_from_mapping(data, NO_ENVIRONMENT)
+
+    assert isinstance(loaded.dlq.rate_per_second, float)
+    assert isinstance(loaded.dlq.burst, int)
+    assert isinstance(loaded.api.retry.max_attempts, int)
+    assert [type(status) for status in loaded.api.retry.retryable_statuses] == [int]
+
+
+def test_retryable_statuses_render_as_a_sorted_yaml_list() -> None:
+    data = with_value("api.retry.retryable_statuses", [503, 429, 500])
+
+    loaded = settings_from_mapping(data, NO_ENVIRONMENT)
+
+    assert loaded.masked()["api"]["retry"]["retryable_statuses"] == [429, 500, 503]
+    rendered = yaml.safe_load(render_masked(loaded))
+    assert rendered["api"]["retry"]["retryable_statuses"] == [429, 500, 503]
 
 
 def test_whole_numbers_become_floats_and_integral_floats_become_ints() -> None:
@@ -250,6 +314,105 @@ def test_a_mapping_that_is_not_a_mapping_at_all_is_refused() -> None:
     assert error.problems[0].rule == "type"
 
 
+@pytest.mark.parametrize(
+    ("path", "value", "rule"),
+    [
+        ("api.retry.max_attempts", 0, "minimum"),
+        ("api.retry.max_attempts", 1.5, "type"),
+        ("api.retry.max_elapsed_seconds", 0, "exclusiveMinimum"),
+        ("api.retry.retryable_statuses", "503", "type"),
+        ("api.retry.retryable_statuses", [503, 503], "uniqueItems"),
+        ("api.retry.max_retry_after_seconds", -1, "minimum"),
+        ("api.breaker.failure_threshold", 0, "minimum"),
+        ("api.breaker.cool_down_seconds", 0, "exclusiveMinimum"),
+        ("api.contract_schema", "", "minLength"),
+        ("dlq.topic", "orders dlq", "pattern"),
+        ("dlq.topic", "..", "pattern"),
+        ("dlq.topic", "t" * 250, "pattern"),
+        ("dlq.rate_per_second", 0, "exclusiveMinimum"),
+        ("dlq.burst", 0, "minimum"),
+        ("dlq.when_limited", "wait", "enum"),
+        ("dedup.enabled", "yes", "type"),
+        ("dedup.key", "hash", "pattern"),
+        ("dedup.capacity", 0, "minimum"),
+        ("dedup.max_age_seconds", 0, "exclusiveMinimum"),
+        ("pipeline.ordering", "random", "enum"),
+    ],
+)
+def test_a_failure_handling_value_out_of_its_rule_is_refused(
+    path: str, value: Any, rule: str
+) -> None:
+    problem = problem_at(load_error(with_value(path, value)), path)
+
+    assert problem.rule == rule
+    assert problem.fix
+
+
+@pytest.mark.parametrize("status", [99, 600])
+def test_a_retryable_status_outside_http_is_refused(status: int) -> None:
+    data = with_value("api.retry.retryable_statuses", [503, status])
+
+    error = load_error(data)
+
+    problem = problem_at(error, "api.retry.retryable_statuses[1]")
+    assert problem.rule in {"minimum", "maximum"}
+    assert problem.value == str(status)
+
+
+def test_a_success_status_is_refused_as_retryable() -> None:
+    data = with_value("api.retry.retryable_statuses", [503, 200])
+
+    problem = problem_at(load_error(data), "api.retry.retryable_statuses[1]")
+
+    assert problem.rule == "not-a-success-status"
+
+
+def test_an_empty_list_of_retryable_statuses_is_accepted() -> None:
+    data = with_value("api.retry.retryable_statuses", [])
+
+    loaded = settings_from_mapping(data, NO_ENVIRONMENT)
+
+    assert loaded.api.retry.retryable_statuses == frozenset()
+
+
+@pytest.mark.parametrize(
+    "key", ["key", "value_hash", "header:Idempotency-Key", "field:order.id", "field:id"]
+)
+def test_each_form_of_dedup_key_is_accepted(key: str) -> None:
+    data = with_value("dedup.key", key)
+
+    assert settings_from_mapping(data, NO_ENVIRONMENT).dedup.key == key
+
+
+@pytest.mark.parametrize(
+    "key", ["hash", "header:", "field:", "field:a..b", "field:.a", "field:a b", "Key"]
+)
+def test_a_dedup_key_of_no_known_form_is_refused_listing_the_forms(
+    key: str,
+) -> None:
+    problem = problem_at(load_error(with_value("dedup.key", key)), "dedup.key")
+
+    assert problem.rule == "pattern"
+    assert problem.value == f'"{key}"'
+    for form in ("key", "header:NAME", "field:a.b.c", "value_hash"):
+        assert form in problem.fix
+
+
+def test_an_undeclared_key_that_hints_at_a_credential_stays_masked() -> None:
+    data = with_value("dedup.api_key", "k-123")
+
+    problem = problem_at(load_error(data), "dedup.api_key")
+
+    assert problem.value == '"***"'
+
+
+@pytest.mark.parametrize("ordering", ["key", "partition", "none"])
+def test_each_ordering_is_accepted(ordering: str) -> None:
+    data = with_value("pipeline.ordering", ordering)
+
+    assert settings_from_mapping(data, NO_ENVIRONMENT).pipeline.ordering == ordering
+
+
 # Semantic checks
 
 
@@ -295,6 +458,209 @@ def test_connection_properties_the_bridge_sets_are_refused_in_the_map() -> None:
     problem = problem_at(load_error(data), "kafka.consumer.group.id")
 
     assert "kafka.group_id" in problem.fix
+
+
+def test_a_dead_letter_topic_that_is_also_consumed_is_refused() -> None:
+    data = with_value("dlq.topic", "orders")
+
+    problem = problem_at(load_error(data), "dlq.topic")
+
+    assert problem.rule == "dead-letters-not-consumed"
+    assert "kafka.topics[0]" in problem.message
+    assert problem.fix == "name a separate topic such as orders.dlq"
+
+
+def test_a_dead_letter_topic_a_consumed_pattern_matches_is_refused() -> None:
+    data = with_value("dlq.topic", "orders.dlq")
+    data["kafka"]["topics"] = ["refunds", "^orders.*"]
+
+    problem = problem_at(load_error(data), "dlq.topic")
+
+    assert "kafka.topics[1]" in problem.message
+
+
+def test_a_separate_dead_letter_topic_is_accepted() -> None:
+    data = with_value("dlq.topic", "orders.dlq")
+
+    assert settings_from_mapping(data, NO_ENVIRONMENT).dlq.topic == "orders.dlq"
+
+
+@pytest.mark.parametrize("key", ["enable.auto.commit", "enable.auto.offset.store"])
+@pytest.mark.parametrize("value", [True, "true", "TRUE", 1, "1", "yes"])
+def test_automatic_offset_handling_switched_on_is_refused(key: str, value: Any) -> None:
+    data = with_section("kafka", consumer={key: value})
+
+    problem = problem_at(load_error(data), f"kafka.consumer.{key}")
+
+    assert problem.rule == "offsets-owned-by-bridge"
+    assert problem.fix.startswith("remove it: the bridge stores and commits")
+    assert "dead-lettered" in problem.fix
+
+
+@pytest.mark.parametrize("value", [False, "false", 0, "0"])
+def test_automatic_offset_handling_switched_off_is_accepted(value: Any) -> None:
+    data = with_section("kafka", consumer={"enable.auto.commit": value})
+
+    loaded = settings_from_mapping(data, NO_ENVIRONMENT)
+
+    assert loaded.kafka.consumer == {"enable.auto.commit": value}
+
+
+def test_automatic_commit_switched_on_by_an_override_names_the_variable() -> None:
+    name = "KAFKA_BRIDGE__KAFKA__CONSUMER__ENABLE.AUTO.COMMIT"
+
+    problem = problem_at(
+        load_error(minimal(), {name: "true"}), "kafka.consumer.enable.auto.commit"
+    )
+
+    assert name in problem.message
+
+
+# The contract schema
+
+
+VALID_CONTRACT = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": {"type": "string"}},
+}
+
+
+@pytest.fixture
+def contract_file(tmp_path: Path) -> Callable[..., str]:
+    """Writes a contract schema file and returns its path as text."""
+
+    def write(text: str, name: str = "contract.json") -> str:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return str(path)
+
+    return write
+
+
+def contract_problem(path: str) -> ConfigProblem:
+    """The problem loading a configuration with this contract schema gives."""
+    data = with_value("api.contract_schema", path)
+    return problem_at(load_error(data), "api.contract_schema")
+
+
+def test_a_valid_json_contract_schema_is_accepted_and_loads(
+    contract_file: Callable[..., str],
+) -> None:
+    path = contract_file(json.dumps(VALID_CONTRACT))
+
+    loaded = settings_from_mapping(
+        with_value("api.contract_schema", path), NO_ENVIRONMENT
+    )
+
+    assert loaded.api.contract_schema == path
+    assert load_contract_schema(path) == VALID_CONTRACT
+
+
+def test_a_contract_schema_named_yaml_is_read_as_yaml(
+    contract_file: Callable[..., str],
+) -> None:
+    path = contract_file(yaml.safe_dump(VALID_CONTRACT), "contract.yaml")
+
+    assert load_contract_schema(path) == VALID_CONTRACT
+
+
+def test_a_relative_contract_schema_path_is_read_from_the_current_directory(
+    contract_file: Callable[..., str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    absolute = Path(contract_file(json.dumps(VALID_CONTRACT)))
+    monkeypatch.chdir(absolute.parent)
+
+    assert load_contract_schema(absolute.name) == VALID_CONTRACT
+
+
+def test_a_missing_contract_schema_file_is_refused(tmp_path: Path) -> None:
+    path = str(tmp_path / "absent.json")
+
+    problem = contract_problem(path)
+
+    assert problem.rule == "contract-schema"
+    assert problem.message == "file not found"
+    assert path in problem.value
+
+
+def test_a_directory_as_contract_schema_is_refused(tmp_path: Path) -> None:
+    problem = contract_problem(str(tmp_path))
+
+    assert problem.message == "is not a regular file"
+
+
+def test_a_contract_schema_that_is_not_json_names_line_and_column(
+    contract_file: Callable[..., str],
+) -> None:
+    path = contract_file('{\n  "type": "object",\n  "required": [id]\n}\n')
+
+    problem = contract_problem(path)
+
+    assert problem.message.startswith("invalid JSON at line 3, column 16")
+
+
+def test_invalid_yaml_in_a_contract_schema_names_line_and_column(
+    contract_file: Callable[..., str],
+) -> None:
+    path = contract_file("type: object\nrequired: [id\n", "contract.yml")
+
+    problem = contract_problem(path)
+
+    assert re.match(r"invalid YAML at line \d+, column \d+", problem.message)
+
+
+def test_a_contract_schema_that_is_not_an_object_is_refused(
+    contract_file: Callable[..., str],
+) -> None:
+    problem = contract_problem(contract_file('["type", "object"]'))
+
+    assert problem.message == "the file holds an array, not an object"
+
+
+def test_a_contract_that_is_not_a_json_schema_says_where_it_is_wrong(
+    contract_file: Callable[..., str],
+) -> None:
+    broken = {"type": "object", "properties": {"id": {"type": "text"}}}
+
+    problem = contract_problem(contract_file(json.dumps(broken)))
+
+    assert "not a valid JSON Schema at $.properties.id.type" in problem.message
+    assert "2020-12" in problem.fix
+
+
+def test_a_contract_is_checked_by_the_draft_its_schema_keyword_names(
+    contract_file: Callable[..., str],
+) -> None:
+    # A list under "items" is right in draft 7 and wrong in 2020-12.
+    positional = {"items": [{"type": "string"}]}
+    draft7 = {"$schema": "http://json-schema.org/draft-07/schema#", **positional}
+
+    loaded = load_contract_schema(contract_file(json.dumps(draft7), "draft7.json"))
+    problem = contract_problem(contract_file(json.dumps(positional), "latest.json"))
+
+    assert loaded == draft7
+    assert "not a valid JSON Schema at $.items" in problem.message
+
+
+def test_a_contract_naming_an_unknown_draft_is_refused(
+    contract_file: Callable[..., str],
+) -> None:
+    unknown = {"$schema": "https://example.com/my-draft", "type": "object"}
+
+    problem = contract_problem(contract_file(json.dumps(unknown)))
+
+    assert "$schema" in problem.message
+    assert "2020-12" in problem.fix
+
+
+def test_load_contract_schema_raises_a_config_error_naming_the_setting(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_contract_schema(str(tmp_path / "absent.json"))
+
+    assert caught.value.problems[0].path == "api.contract_schema"
 
 
 # Secret references
@@ -509,6 +875,20 @@ def test_an_override_name_with_an_empty_level_is_reported() -> None:
     problem = problem_at(load_error(minimal(), {name: "4"}), name)
 
     assert problem.rule == "override"
+
+
+def test_the_dead_letter_topic_can_be_set_from_the_environment() -> None:
+    environ = {"KAFKA_BRIDGE__DLQ__TOPIC": "orders.dlq"}
+
+    assert settings_from_mapping(minimal(), environ).dlq.topic == "orders.dlq"
+
+
+def test_retryable_statuses_can_be_set_from_the_environment() -> None:
+    environ = {"KAFKA_BRIDGE__API__RETRY__RETRYABLE_STATUSES": "[500, 503]"}
+
+    loaded = settings_from_mapping(minimal(), environ)
+
+    assert loaded.api.retry.retryable_statuses == frozenset({500, 503})
 
 
 # The file

@@ -8,8 +8,8 @@ A value is secret when it came from a secret reference (`file://`,
 `env://`), when its key names a credential (a librdkafka `*password*`
 property, an `Authorization` header), or, inside a URL, when it is the
 userinfo before the `@`. Error messages are more cautious still: there the
-value may sit under a mistyped key, so any key that merely hints at a
-credential is masked, and so is every header value.
+value may sit under a mistyped key, so any key the schema does not declare
+that merely hints at a credential is masked, and so is every header value.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from kafka_bridge.config.paths import KeyPath, secret_key
+from kafka_bridge.config.schema import is_declared
 
 MASK = "***"
 
@@ -64,6 +65,10 @@ def may_be_secret(path: KeyPath) -> bool:
     """The cautious test used for values quoted in error messages."""
     if is_named_secret(path) or path[: len(_HEADERS)] == _HEADERS:
         return True
+    if path and is_declared(path):
+        # A key the schema names, such as dedup.key, says what it holds;
+        # a secret in it comes from a reference and is masked as one.
+        return False
 
     names = (part.lower() for part in path if isinstance(part, str))
     return any(mark in name for name in names for mark in _CAUTIOUS_MARKS)

@@ -57,6 +57,21 @@ def _child(node: SchemaNode, part: str | int) -> SchemaNode | None:
     return extra if isinstance(extra, Mapping) else None
 
 
+def is_declared(path: KeyPath) -> bool:
+    """True when every key of `path` is one the schema names in a section.
+
+    Keys inside pass-through maps and list entries are not declared: their
+    names come from the user, not from the schema.
+    """
+    node: SchemaNode = config_schema()
+    for part in path:
+        properties: Mapping[str, SchemaNode] = node.get("properties", {})
+        if not isinstance(part, str) or part not in properties:
+            return False
+        node = properties[part]
+    return True
+
+
 def is_pass_through(node: SchemaNode) -> bool:
     """True for a map whose keys are free (librdkafka properties, headers)."""
     return node.get("type") == "object" and "properties" not in node

@@ -49,13 +49,29 @@ class KafkaSettings:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RetrySettings:
-    """Exponential backoff between delivery attempts."""
+    """When a failed delivery is tried again, how often, and how long."""
 
     initial_backoff_seconds: float = default_at(
         "api", "retry", "initial_backoff_seconds"
     )
     max_backoff_seconds: float = default_at("api", "retry", "max_backoff_seconds")
     multiplier: float = default_at("api", "retry", "multiplier")
+    max_attempts: int = default_at("api", "retry", "max_attempts")
+    max_elapsed_seconds: float = default_at("api", "retry", "max_elapsed_seconds")
+    retryable_statuses: frozenset[int] = frozenset(
+        default_at("api", "retry", "retryable_statuses")
+    )
+    max_retry_after_seconds: float = default_at(
+        "api", "retry", "max_retry_after_seconds"
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BreakerSettings:
+    """When an endpoint's circuit breaker opens, and how long it stays open."""
+
+    failure_threshold: int = default_at("api", "breaker", "failure_threshold")
+    cool_down_seconds: float = default_at("api", "breaker", "cool_down_seconds")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,19 +83,52 @@ class ApiSettings:
     connect_timeout_seconds: float = default_at("api", "connect_timeout_seconds")
     read_timeout_seconds: float = default_at("api", "read_timeout_seconds")
     headers: Mapping[str, str] = _default_factory("api", "headers")
+    contract_schema: str | None = default_at("api", "contract_schema")
     retry: RetrySettings = field(default_factory=RetrySettings)
+    breaker: BreakerSettings = field(default_factory=BreakerSettings)
 
     def __repr__(self) -> str:
         return _masked_repr(self, ("api",), error_predicate(()))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DlqSettings:
+    """Where undeliverable records go, and how fast they may be written.
+
+    `when_limited` is `block` or `drop`; with `topic` None there is no
+    dead-letter topic.
+    """
+
+    topic: str | None = default_at("dlq", "topic")
+    rate_per_second: float = default_at("dlq", "rate_per_second")
+    burst: int = default_at("dlq", "burst")
+    when_limited: str = default_at("dlq", "when_limited")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DedupSettings:
+    """Whether records seen recently are skipped, and what identifies one.
+
+    `key` is `key`, `value_hash`, `header:NAME` or `field:a.b.c`.
+    """
+
+    enabled: bool = default_at("dedup", "enabled")
+    key: str = default_at("dedup", "key")
+    capacity: int = default_at("dedup", "capacity")
+    max_age_seconds: float = default_at("dedup", "max_age_seconds")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class PipelineSettings:
-    """How records move from the poll thread through the queue to workers."""
+    """How records move from the poll thread through the queue to workers.
+
+    `ordering` is `key`, `partition` or `none`.
+    """
 
     queue_capacity: int = default_at("pipeline", "queue_capacity")
     resume_at_fraction: float = default_at("pipeline", "resume_at_fraction")
     workers: int = default_at("pipeline", "workers")
+    ordering: str = default_at("pipeline", "ordering")
     batch_size: int = default_at("pipeline", "batch_size")
     poll_timeout_seconds: float = default_at("pipeline", "poll_timeout_seconds")
     shutdown_deadline_seconds: float = default_at(
@@ -111,6 +160,8 @@ class Settings:
 
     kafka: KafkaSettings
     api: ApiSettings
+    dlq: DlqSettings = field(default_factory=DlqSettings)
+    dedup: DedupSettings = field(default_factory=DedupSettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -156,6 +207,10 @@ def _plain(value: Any) -> Any:
         return {key: _plain(child) for key, child in value.items()}
     if isinstance(value, tuple):
         return [_plain(child) for child in value]
+    if isinstance(value, frozenset):
+        # A set has no order of its own; sorted, it renders the same way
+        # every time and is a list that YAML and JSON can both write.
+        return sorted(value)
     return value
 
 
@@ -170,6 +225,8 @@ def build_settings(
     return Settings(
         kafka=_kafka(data["kafka"]),
         api=_api(data["api"]),
+        dlq=_dlq(data["dlq"]),
+        dedup=_dedup(data["dedup"]),
         pipeline=_pipeline(data["pipeline"]),
         metrics=_metrics(data["metrics"]),
         logging=LoggingSettings(
@@ -190,18 +247,51 @@ def _kafka(section: Mapping[str, Any]) -> KafkaSettings:
 
 
 def _api(section: Mapping[str, Any]) -> ApiSettings:
-    retry = section["retry"]
+    breaker = section["breaker"]
     return ApiSettings(
         primary_url=section["primary_url"],
         secondary_url=section["secondary_url"],
         connect_timeout_seconds=float(section["connect_timeout_seconds"]),
         read_timeout_seconds=float(section["read_timeout_seconds"]),
         headers=dict(section["headers"]),
-        retry=RetrySettings(
-            initial_backoff_seconds=float(retry["initial_backoff_seconds"]),
-            max_backoff_seconds=float(retry["max_backoff_seconds"]),
-            multiplier=float(retry["multiplier"]),
+        contract_schema=section["contract_schema"],
+        retry=_retry(section["retry"]),
+        breaker=BreakerSettings(
+            failure_threshold=int(breaker["failure_threshold"]),
+            cool_down_seconds=float(breaker["cool_down_seconds"]),
         ),
+    )
+
+
+def _retry(section: Mapping[str, Any]) -> RetrySettings:
+    return RetrySettings(
+        initial_backoff_seconds=float(section["initial_backoff_seconds"]),
+        max_backoff_seconds=float(section["max_backoff_seconds"]),
+        multiplier=float(section["multiplier"]),
+        max_attempts=int(section["max_attempts"]),
+        max_elapsed_seconds=float(section["max_elapsed_seconds"]),
+        retryable_statuses=frozenset(
+            int(status) for status in section["retryable_statuses"]
+        ),
+        max_retry_after_seconds=float(section["max_retry_after_seconds"]),
+    )
+
+
+def _dlq(section: Mapping[str, Any]) -> DlqSettings:
+    return DlqSettings(
+        topic=section["topic"],
+        rate_per_second=float(section["rate_per_second"]),
+        burst=int(section["burst"]),
+        when_limited=section["when_limited"],
+    )
+
+
+def _dedup(section: Mapping[str, Any]) -> DedupSettings:
+    return DedupSettings(
+        enabled=section["enabled"],
+        key=section["key"],
+        capacity=int(section["capacity"]),
+        max_age_seconds=float(section["max_age_seconds"]),
     )
 
 
@@ -210,6 +300,7 @@ def _pipeline(section: Mapping[str, Any]) -> PipelineSettings:
         queue_capacity=int(section["queue_capacity"]),
         resume_at_fraction=float(section["resume_at_fraction"]),
         workers=int(section["workers"]),
+        ordering=section["ordering"],
         batch_size=int(section["batch_size"]),
         poll_timeout_seconds=float(section["poll_timeout_seconds"]),
         shutdown_deadline_seconds=float(section["shutdown_deadline_seconds"]),

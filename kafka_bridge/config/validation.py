@@ -19,11 +19,12 @@ from typing import Any
 
 import jsonschema  # type: ignore[import-untyped]  # the package ships no type hints
 
+from kafka_bridge.config.contract_schema import load_contract_schema
 from kafka_bridge.config.masking import describe_value
 from kafka_bridge.config.overrides import origin_of
 from kafka_bridge.config.paths import KeyPath, dotted
 from kafka_bridge.config.schema import SchemaNode, config_schema, known_keys, node_at
-from kafka_bridge.errors import ConfigProblem
+from kafka_bridge.errors import ConfigError, ConfigProblem
 
 BUILT_IN_TRANSFORMS = ("envelope", "passthrough")
 IMPORTED_TRANSFORM = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -33,6 +34,13 @@ _OWNED_KAFKA_KEYS = {
     "consumer": {"bootstrap.servers": "bootstrap_servers", "group.id": "group_id"},
     "producer": {"bootstrap.servers": "bootstrap_servers"},
 }
+
+# Consumer keys that would let librdkafka store or commit an offset before
+# its record is delivered, losing the record if the bridge stops then.
+_OFFSET_KEYS = ("enable.auto.commit", "enable.auto.offset.store")
+_FALSE_WORDS = frozenset({"false", "0", "no", "off"})
+
+_SUCCESS_STATUSES = range(200, 300)
 
 _TYPE_WORDS = {
     "string": "text",
@@ -108,6 +116,10 @@ def semantic_problems(
         *_backoff_order(data, context),
         *_transform(data, context),
         *_owned_keys(data, context),
+        *_offset_keys(data, context),
+        *_success_statuses(data, context),
+        *_dead_letter_loop(data, context),
+        *_contract_schema(data, context),
         *_non_finite(data, (), context),
     ]
     return [p for p in found if p.path not in reported]
@@ -302,6 +314,118 @@ def _owned_keys(data: Mapping[str, Any], context: Context) -> list[ConfigProblem
                     )
                 )
     return problems
+
+
+def _offset_keys(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    consumer = _section(data, "kafka", "consumer")
+    return [
+        context.problem(
+            ("kafka", "consumer", key),
+            "offsets-owned-by-bridge",
+            "would let librdkafka store or commit offsets on its own",
+            "remove it: the bridge stores and commits offsets itself, only "
+            "after a record is delivered or dead-lettered",
+            consumer[key],
+        )
+        for key in _OFFSET_KEYS
+        if key in consumer and not _is_false(consumer[key])
+    ]
+
+
+def _is_false(value: Any) -> bool:
+    # librdkafka reads text; overrides inside the map stay text too.
+    if isinstance(value, str):
+        return value.strip().lower() in _FALSE_WORDS
+    return value is False or (_is_number(value) and value == 0)
+
+
+def _success_statuses(
+    data: Mapping[str, Any], context: Context
+) -> list[ConfigProblem]:
+    statuses = _section(data, "api", "retry").get("retryable_statuses")
+    if not isinstance(statuses, list):
+        return []
+
+    return [
+        context.problem(
+            ("api", "retry", "retryable_statuses", index),
+            "not-a-success-status",
+            "is a success status, which is never retried",
+            "remove it; list only failure statuses such as 429 or 503",
+            status,
+        )
+        for index, status in enumerate(statuses)
+        if _is_number(status) and status in _SUCCESS_STATUSES
+    ]
+
+
+def _dead_letter_loop(
+    data: Mapping[str, Any], context: Context
+) -> list[ConfigProblem]:
+    dead_letters = _section(data, "dlq").get("topic")
+    topics = _section(data, "kafka").get("topics")
+    if not isinstance(dead_letters, str) or not isinstance(topics, list):
+        return []
+
+    for index, consumed in enumerate(topics):
+        found = _consumption(consumed, dead_letters, f"kafka.topics[{index}]")
+        if found is not None:
+            message, fix = found
+            return [
+                context.problem(
+                    ("dlq", "topic"),
+                    "dead-letters-not-consumed",
+                    f"{message}: dead letters would be consumed and delivered again",
+                    fix,
+                    dead_letters,
+                )
+            ]
+    return []
+
+
+def _consumption(subscription: Any, topic: str, where: str) -> tuple[str, str] | None:
+    """How `subscription` would consume `topic`, and the fix; None if not."""
+    if subscription == topic:
+        return (
+            f"is also consumed, as {where}",
+            f"name a separate topic such as {topic}.dlq",
+        )
+    if _pattern_matches(subscription, topic):
+        return (
+            f"is also consumed, matching the pattern {where}",
+            f"name a separate topic that {where} does not match",
+        )
+    return None
+
+
+def _pattern_matches(subscription: Any, topic: str) -> bool:
+    # librdkafka reads a subscription that starts with ^ as a regular
+    # expression; Python's dialect agrees on the patterns people write.
+    if not isinstance(subscription, str) or not subscription.startswith("^"):
+        return False
+    try:
+        return re.search(subscription, topic) is not None
+    except re.error:
+        return False
+
+
+def _contract_schema(
+    data: Mapping[str, Any], context: Context
+) -> list[ConfigProblem]:
+    path = _section(data, "api").get("contract_schema")
+    if not isinstance(path, str) or not path:
+        return []
+
+    try:
+        load_contract_schema(path)
+    except ConfigError as error:
+        return [
+            context.problem(
+                ("api", "contract_schema"), found.rule, found.message, found.fix, path
+            )
+            for found in error.problems
+        ]
+    return []
 
 
 def _non_finite(value: Any, path: KeyPath, context: Context) -> Iterator[ConfigProblem]:
