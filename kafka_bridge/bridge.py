@@ -1,9 +1,10 @@
 """The bridge: builds the moving parts, starts them, stops them in order.
 
-Parts, in start order: the metrics server, the worker pool, the poll thread.
-They meet at two shared objects: the bounded record queue (poll thread to
-workers) and the offset tracker (workers report what is done, the poll
-thread commits it).
+Parts, in start order: the metrics server, the dead-letter writer, the
+worker pool, the poll thread. They meet at two shared objects: the lanes,
+bounded queues from the poll thread to the workers, and the offset tracker
+(workers and the dead-letter writer report what is done, the poll thread
+commits it).
 
 Stopping is a written sequence under one deadline; see `Bridge.stop`.
 """
@@ -11,7 +12,6 @@ Stopping is a written sequence under one deadline; see `Bridge.stop`.
 from __future__ import annotations
 
 import logging
-import queue
 import socket
 import threading
 from typing import Any
@@ -19,16 +19,21 @@ from typing import Any
 import structlog
 
 from kafka_bridge import metrics
-from kafka_bridge.backoff import Backoff
-from kafka_bridge.config import Settings
+from kafka_bridge.breaker import CircuitBreaker
+from kafka_bridge.config import Settings, load_contract_schema
+from kafka_bridge.contract import Contract
+from kafka_bridge.dead_letters import DeadLetterWriter
 from kafka_bridge.deadline import Deadline
-from kafka_bridge.delivery import HttpDelivery
-from kafka_bridge.errors import ConfigError, ConfigProblem
+from kafka_bridge.dedup import DedupCache, key_extractor
+from kafka_bridge.delivery import HttpSender, endpoints
+from kafka_bridge.failover import FailoverDelivery, Route
+from kafka_bridge.lanes import Lanes
 from kafka_bridge.offsets import OffsetTracker
 from kafka_bridge.poller import Poller
-from kafka_bridge.records import Record
+from kafka_bridge.retry import RetryPolicy
+from kafka_bridge.token_bucket import TokenBucket
 from kafka_bridge.transforms import load_transform
-from kafka_bridge.workers import WorkerPool
+from kafka_bridge.workers import Dedup, WorkerPool
 
 log = structlog.get_logger(__name__)
 
@@ -54,23 +59,28 @@ class Bridge:
         self.settings = settings
         pipeline = settings.pipeline
 
-        self.records: queue.Queue[Record] = queue.Queue(
-            maxsize=pipeline.queue_capacity
+        self.lanes = Lanes(
+            pipeline.ordering, pipeline.workers, pipeline.queue_capacity
         )
         self.tracker = OffsetTracker()
-        self._delivery = HttpDelivery(settings.api, pool_size=pipeline.workers)
+        self._sender = HttpSender(settings.api, pool_size=pipeline.workers)
+        self.dead_letters = _dead_letter_writer(settings)
         self.workers = WorkerPool(
-            self.records,
+            self.lanes,
             self.tracker,
             load_transform(pipeline.transform),
-            self._delivery,
-            _backoff(settings),
+            FailoverDelivery(
+                self._sender, _routes(settings), _retry_policy(settings)
+            ),
             size=pipeline.workers,
+            contract=_contract(settings),
+            dedup=_dedup(settings),
+            dead_letters=self.dead_letters,
         )
         self.poller = Poller(
             consumer_config(settings),
             settings.kafka.topics,
-            self.records,
+            self.lanes,
             self.tracker,
             batch_size=pipeline.batch_size,
             poll_timeout_seconds=pipeline.poll_timeout_seconds,
@@ -92,13 +102,16 @@ class Bridge:
         self.metrics_port: int | None = None
 
     def start(self) -> None:
-        """Start the metrics server, the workers and the poll thread."""
+        """Start the metrics server, the DLQ writer, the workers and the
+        poll thread: each part is running before the one that feeds it."""
         log.info("bridge_starting", topics=list(self.settings.kafka.topics))
         if self._metrics_server is not None:
             self.metrics_port = self._metrics_server.start()
-        metrics.QUEUE_CAPACITY.set(self.records.maxsize)
-        metrics.QUEUE_DEPTH.set_function(self.records.qsize)
+        metrics.QUEUE_CAPACITY.set(self.lanes.capacity)
+        metrics.QUEUE_DEPTH.set_function(self.lanes.qsize)
 
+        if self.dead_letters is not None:
+            self.dead_letters.start()
         self.workers.start()
         self.poller.start()
         log.info(
@@ -128,11 +141,13 @@ class Bridge:
         2. Workers finish the records they hold and exit; a record still
            being retried when the time left for it is up is abandoned,
            uncommitted, to be delivered after a restart.
-        3. The poll thread commits what is done and closes the consumer,
+        3. The dead-letter writer flushes what the workers handed it; what
+           the broker did not acknowledge in time stays uncommitted.
+        4. The poll thread commits what is done and closes the consumer,
            which leaves the group at once instead of after a session
            timeout; a broker that does not answer cannot hold the exit
            past the deadline.
-        4. The HTTP connections and the metrics server go last, so the
+        5. The HTTP connections and the metrics server go last, so the
            metrics show the shutdown to the end.
         """
         if self._stopped.is_set():
@@ -151,58 +166,109 @@ class Bridge:
             self.tracker.abandon()
             self.workers.join(deadline.remaining(reserve_seconds / 2))
 
+        flushed = True
+        if self.dead_letters is not None:
+            flushed = self.dead_letters.stop(
+                deadline.remaining(reserve_seconds / 2)
+            )
+            if not flushed:
+                log.warning("dead_letters_unacknowledged")
+
         closed = self.poller.finish(deadline.remaining())
         if not closed:
             log.warning("consumer_close_timed_out")
 
-        self._delivery.close()
+        self._sender.close()
         if self._metrics_server is not None:
             self._metrics_server.stop()
         self._stopped.set()
-        log.info("bridge_stopped", clean=finished and closed)
-        return finished and closed
+        clean = finished and flushed and closed
+        log.info("bridge_stopped", clean=clean)
+        return clean
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:
     """The librdkafka consumer settings: our defaults, the user's, ours.
 
-    The keys the bridge must own to keep its delivery promise are refused
-    when the user sets them otherwise.
+    The offset settings come last: the bridge stores and commits offsets
+    itself, after delivery, and configuration validation refuses a user
+    value that would contradict them.
     """
     kafka = settings.kafka
-    user = dict(kafka.consumer)
-    for key, required in _OWNED_CONSUMER_KEYS.items():
-        if key in user and _as_bool(user[key]) != required:
-            raise ConfigError([ConfigProblem(
-                f"kafka.consumer.{key}",
-                rule="owned by the bridge",
-                value=str(user[key]),
-                fix="remove it: the bridge stores and commits offsets "
-                "itself, only after a record is delivered",
-            )])
-
     return {
         "bootstrap.servers": kafka.bootstrap_servers,
         "group.id": kafka.group_id,
         "client.id": f"kafka-bridge-{socket.gethostname()}",
         "auto.offset.reset": "earliest",
+        # A rebalance then moves only the partitions that change owner;
+        # the others keep flowing instead of being revoked from everyone.
+        "partition.assignment.strategy": "cooperative-sticky",
         "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
         "logger": logging.getLogger("librdkafka"),
-        **user,
+        **kafka.consumer,
         **_OWNED_CONSUMER_KEYS,
     }
 
 
-def _backoff(settings: Settings) -> Backoff:
+def producer_config(settings: Settings) -> dict[str, Any]:
+    """The librdkafka producer settings for the dead-letter topic."""
+    return {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "client.id": f"kafka-bridge-dlq-{socket.gethostname()}",
+        **settings.kafka.producer,
+    }
+
+
+def _retry_policy(settings: Settings) -> RetryPolicy:
     retry = settings.api.retry
-    return Backoff(
-        initial_seconds=retry.initial_backoff_seconds,
-        max_seconds=retry.max_backoff_seconds,
+    return RetryPolicy(
+        initial_backoff_seconds=retry.initial_backoff_seconds,
+        max_backoff_seconds=retry.max_backoff_seconds,
         multiplier=retry.multiplier,
+        max_attempts=retry.max_attempts,
+        max_elapsed_seconds=retry.max_elapsed_seconds,
+        retryable_statuses=retry.retryable_statuses,
+        max_retry_after_seconds=retry.max_retry_after_seconds,
     )
 
 
-def _as_bool(value: object) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"true", "1", "yes"}
-    return bool(value)
+def _routes(settings: Settings) -> list[Route]:
+    breaker = settings.api.breaker
+    return [
+        Route(
+            endpoint,
+            CircuitBreaker(
+                endpoint.name,
+                failure_threshold=breaker.failure_threshold,
+                cool_down_seconds=breaker.cool_down_seconds,
+            ),
+        )
+        for endpoint in endpoints(settings.api)
+    ]
+
+
+def _contract(settings: Settings) -> Contract | None:
+    path = settings.api.contract_schema
+    return Contract(load_contract_schema(path)) if path else None
+
+
+def _dedup(settings: Settings) -> Dedup | None:
+    dedup = settings.dedup
+    if not dedup.enabled:
+        return None
+    return Dedup(
+        DedupCache(dedup.capacity, dedup.max_age_seconds),
+        key_extractor(dedup.key),
+    )
+
+
+def _dead_letter_writer(settings: Settings) -> DeadLetterWriter | None:
+    dlq = settings.dlq
+    if dlq.topic is None:
+        return None
+    return DeadLetterWriter(
+        dlq.topic,
+        producer_config(settings),
+        TokenBucket(dlq.rate_per_second, dlq.burst),
+        drop_when_limited=dlq.when_limited == "drop",
+    )

@@ -4,6 +4,9 @@ The session's connection pool is sized to the worker count, so each worker
 keeps a warm keep-alive connection; every request has explicit (connect,
 read) timeouts and follows no redirect, since a redirected POST would either
 lose its body or deliver it somewhere nobody configured.
+
+This module makes single attempts and reports what came back; deciding
+whether and where to try again is `failover`'s job.
 """
 
 from __future__ import annotations
@@ -17,6 +20,15 @@ from kafka_bridge.config import ApiSettings
 from kafka_bridge.version import __version__
 
 USER_AGENT = f"kafka-bridge/{__version__}"
+
+# Errors are described by kind, never by requests' message, which quotes
+# the URL (and so any token in its query string).
+_ERROR_KINDS: tuple[tuple[type[requests.RequestException], str], ...] = (
+    (requests.ConnectTimeout, "connect timeout"),
+    (requests.ReadTimeout, "read timeout"),
+    (requests.exceptions.SSLError, "TLS error"),
+    (requests.ConnectionError, "connection failed"),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +46,7 @@ class AttemptOutcome:
     endpoint: Endpoint
     status: int | None
     error: str | None = None
+    retry_after: str | None = None
 
     @property
     def delivered(self) -> bool:
@@ -41,64 +54,57 @@ class AttemptOutcome:
         return self.status is not None and 200 <= self.status < 300
 
     def describe(self) -> str:
-        """A short reason for logs: `HTTP 503` or the error's class."""
+        """A short reason for logs: `HTTP 503` or the kind of error."""
         if self.status is not None:
             return f"HTTP {self.status}"
         return self.error or "no answer"
 
 
-class HttpDelivery:
-    """Sends one body per POST to the configured endpoints.
-
-    Each attempt tries the primary and then, if one is configured and the
-    primary did not accept the record, the secondary.
-    """
+class HttpSender:
+    """One `requests` session shared by all workers; one POST per call."""
 
     def __init__(self, settings: ApiSettings, pool_size: int) -> None:
         self._timeout = (
             settings.connect_timeout_seconds,
             settings.read_timeout_seconds,
         )
-        self.endpoints = [Endpoint("primary", settings.primary_url)]
-        if settings.secondary_url:
-            self.endpoints.append(
-                Endpoint("secondary", settings.secondary_url)
-            )
         self._session = _session(settings, pool_size)
 
-    def attempt(self, body: bytes, idempotency_key: str) -> AttemptOutcome:
-        """POST to each endpoint in turn until one accepts the body."""
-        headers = {"Idempotency-Key": idempotency_key}
-        outcome = None
-        for endpoint in self.endpoints:
-            outcome = self._post(endpoint, body, headers)
-            if outcome.delivered:
-                break
-        assert outcome is not None
-        return outcome
+    def post(
+        self, endpoint: Endpoint, body: bytes, idempotency_key: str
+    ) -> AttemptOutcome:
+        """POST the body once and report the answer or the error."""
+        try:
+            response = self._session.post(
+                endpoint.url,
+                data=body,
+                headers={"Idempotency-Key": idempotency_key},
+                timeout=self._timeout,
+                allow_redirects=False,
+            )
+        except requests.RequestException as error:
+            return AttemptOutcome(endpoint, None, _kind_of(error))
+
+        # Reading the body lets the connection go back to the pool.
+        _ = response.content
+        response.close()
+        return AttemptOutcome(
+            endpoint,
+            response.status_code,
+            retry_after=response.headers.get("Retry-After"),
+        )
 
     def close(self) -> None:
         """Close the pooled connections."""
         self._session.close()
 
-    def _post(
-        self, endpoint: Endpoint, body: bytes, headers: dict[str, str]
-    ) -> AttemptOutcome:
-        try:
-            response = self._session.post(
-                endpoint.url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                allow_redirects=False,
-            )
-        except requests.RequestException as error:
-            return AttemptOutcome(endpoint, None, _describe(error))
 
-        # Reading the body lets the connection go back to the pool.
-        _ = response.content
-        response.close()
-        return AttemptOutcome(endpoint, response.status_code)
+def endpoints(settings: ApiSettings) -> list[Endpoint]:
+    """The configured endpoints, primary first."""
+    found = [Endpoint("primary", settings.primary_url)]
+    if settings.secondary_url:
+        found.append(Endpoint("secondary", settings.secondary_url))
+    return found
 
 
 def _session(settings: ApiSettings, pool_size: int) -> requests.Session:
@@ -118,7 +124,8 @@ def _session(settings: ApiSettings, pool_size: int) -> requests.Session:
     return session
 
 
-def _describe(error: requests.RequestException) -> str:
-    """The error's class and its first line: no URL query, no body."""
-    first_line = str(error).splitlines()[0] if str(error) else ""
-    return f"{type(error).__name__}: {first_line}"[:300]
+def _kind_of(error: requests.RequestException) -> str:
+    for error_class, kind in _ERROR_KINDS:
+        if isinstance(error, error_class):
+            return kind
+    return type(error).__name__

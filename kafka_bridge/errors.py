@@ -63,5 +63,30 @@ class ConfigError(BridgeError):
         return (type(self), (self.problems,))
 
 
-class TransformError(BridgeError):
-    """A record could not be turned into a request body; says why."""
+class RecordError(BridgeError):
+    """One record cannot be delivered; `stage` says where it failed.
+
+    The stage goes into the dead-letter record, so an operator can tell a
+    bad payload (decode) from a bug in a transform or a broken contract.
+    """
+
+    stage = "record"
+
+
+class DecodeError(RecordError):
+    """The record's value is not what the transform reads: not UTF-8, not
+    JSON, or missing."""
+
+    stage = "decode"
+
+
+class TransformError(RecordError):
+    """The transform failed on a record it could read; says why."""
+
+    stage = "transform"
+
+
+class ContractError(RecordError):
+    """The transformed payload breaks the API's JSON Schema contract."""
+
+    stage = "contract"

@@ -33,12 +33,52 @@ DELIVERED = Counter(
 RETRIED = Counter(
     "kafka_bridge_messages_retried",
     "Delivery attempts that failed and were retried after a backoff.",
-    ["topic"],
+    ["endpoint"],
 )
 FAILED = Counter(
     "kafka_bridge_messages_failed",
-    "Records given up on, by reason; they stay uncommitted.",
-    ["topic", "reason"],
+    "Records that could not be delivered, by the stage that failed.",
+    ["topic", "stage"],
+)
+FAILED_OVER = Counter(
+    "kafka_bridge_messages_failed_over",
+    "Records sent to an endpoint other than the primary.",
+    ["endpoint"],
+)
+DEAD_LETTERED = Counter(
+    "kafka_bridge_messages_dead_lettered",
+    "Records the dead-letter topic acknowledged, by the stage that failed.",
+    ["topic", "stage"],
+)
+DLQ_LIMITER_DROPS = Counter(
+    "kafka_bridge_dlq_limiter_drops",
+    "Records shed by the dead-letter rate limiter (when_limited: drop).",
+    ["topic"],
+)
+DLQ_LIMITER_BLOCKED = Counter(
+    "kafka_bridge_dlq_limiter_blocked_seconds",
+    "Time workers spent waiting for the dead-letter rate limiter.",
+)
+DEDUP_HITS = Counter(
+    "kafka_bridge_dedup_hits",
+    "Records skipped because their de-duplication key was seen delivered.",
+)
+DEDUP_ADDITIONS = Counter(
+    "kafka_bridge_dedup_additions",
+    "De-duplication keys remembered after a delivery.",
+)
+DEDUP_ROTATIONS = Counter(
+    "kafka_bridge_dedup_rotations",
+    "Generations of the de-duplication cache retired.",
+)
+BREAKER_STATE = Gauge(
+    "kafka_bridge_breaker_state",
+    "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
+    ["endpoint"],
+)
+LATE_COMPLETIONS = Counter(
+    "kafka_bridge_late_completions",
+    "Records finished after their partition was revoked; not committed.",
 )
 QUEUE_DEPTH = Gauge(
     "kafka_bridge_queue_depth",

@@ -27,6 +27,7 @@ class PartitionProgress:
     at once instead of after its backoff.
     """
 
+    key: TopicPartitionKey
     pending: deque[int] = field(default_factory=deque)
     finished: set[int] = field(default_factory=set)
     next_offset: int | None = None
@@ -65,9 +66,10 @@ class OffsetTracker:
     def track(self, topic: str, partition: int, offset: int) -> None:
         """Note a record handed to the workers; offsets must increase."""
         with self._lock:
-            progress = self._partitions.setdefault(
-                (topic, partition), PartitionProgress()
-            )
+            key = (topic, partition)
+            progress = self._partitions.get(key)
+            if progress is None:
+                progress = self._partitions[key] = PartitionProgress(key)
             if progress.pending and offset <= progress.pending[-1]:
                 raise ValueError(
                     f"offset {offset} of {topic}/{partition} is not above "
@@ -90,12 +92,12 @@ class OffsetTracker:
 
     def finish(
         self, progress: PartitionProgress, offset: int, *, done: bool
-    ) -> None:
+    ) -> bool:
         """Release a record claimed with `begin`; `done` marks it committable.
 
         It takes the claim rather than the partition's name so that a
         record of a revoked partition cannot touch a later assignment of
-        the same partition.
+        the same partition. Returns False for such a late completion.
         """
         with self._lock:
             progress.active -= 1
@@ -104,6 +106,7 @@ class OffsetTracker:
                 progress.advance()
             if progress.active == 0:
                 self._idle.notify_all()
+            return self._partitions.get(progress.key) is progress
 
     def committable(self) -> dict[TopicPartitionKey, int]:
         """Offsets that moved forward since they were last committed."""

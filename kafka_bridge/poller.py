@@ -29,12 +29,11 @@ from confluent_kafka import (
 )
 
 from kafka_bridge import metrics
+from kafka_bridge.lanes import Lanes
 from kafka_bridge.offsets import OffsetTracker, TopicPartitionKey
 from kafka_bridge.records import Record
 
 log = structlog.get_logger(__name__)
-
-RecordQueue = queue.Queue[Record]
 
 
 class Poller(threading.Thread):
@@ -50,7 +49,7 @@ class Poller(threading.Thread):
         self,
         consumer_config: dict[str, Any],
         topics: Sequence[str],
-        records: RecordQueue,
+        lanes: Lanes,
         tracker: OffsetTracker,
         *,
         batch_size: int,
@@ -68,13 +67,11 @@ class Poller(threading.Thread):
             }
         )
         self._topics = list(topics)
-        self._records = records
+        self._lanes = lanes
         self._tracker = tracker
         self._batch_size = batch_size
         self._poll_timeout_seconds = poll_timeout_seconds
-        self._resume_below = max(
-            1, int(records.maxsize * resume_at_fraction)
-        )
+        self._resume_below = max(1, int(lanes.capacity * resume_at_fraction))
         self._revoke_timeout_seconds = revoke_timeout_seconds
         self._on_failure = on_failure
 
@@ -159,14 +156,14 @@ class Poller(threading.Thread):
             self._overflow.append(record)
             return
         try:
-            self._records.put_nowait(record)
+            self._lanes.put_nowait(record)
         except queue.Full:
             self._overflow.append(record)
 
     def _hand_off_overflow(self) -> None:
         while self._overflow:
             try:
-                self._records.put_nowait(self._overflow[0])
+                self._lanes.put_nowait(self._overflow[0])
             except queue.Full:
                 return
             self._overflow.popleft()
@@ -193,7 +190,7 @@ class Poller(threading.Thread):
 
     def _has_drained(self) -> bool:
         return not self._overflow and (
-            self._records.qsize() < self._resume_below
+            self._lanes.qsize() < self._resume_below
         )
 
     def _on_consume_error(self, error: KafkaError) -> None:

@@ -3,8 +3,8 @@
 Three kinds of transform are offered: `envelope` wraps the decoded JSON value
 with its Kafka coordinates, `passthrough` posts the value's bytes as they
 are, and `package.module:function` names a user function. Every transform
-returns the request body as bytes; a record that cannot be transformed
-raises `TransformError` with the reason.
+returns the request body as bytes; a record that cannot be read raises
+`DecodeError`, one the transform fails on `TransformError`, with the reason.
 """
 
 from __future__ import annotations
@@ -16,7 +16,13 @@ from typing import Any
 
 import orjson
 
-from kafka_bridge.errors import ConfigError, ConfigProblem, TransformError
+from kafka_bridge.errors import (
+    ConfigError,
+    ConfigProblem,
+    DecodeError,
+    RecordError,
+    TransformError,
+)
 from kafka_bridge.records import Record
 
 Transform = Callable[[Record], bytes]
@@ -48,18 +54,21 @@ def envelope(record: Record) -> bytes:
 def passthrough(record: Record) -> bytes:
     """The value's bytes, unchanged; a record without a value is refused."""
     if record.value is None:
-        raise TransformError("the record has no value (a tombstone)")
+        raise DecodeError("the record has no value (a tombstone)")
     return record.value
 
 
 def decode_json_value(record: Record) -> Any:
-    """The record's value parsed as JSON, or TransformError saying why."""
+    """The record's value parsed as JSON, or DecodeError saying why."""
     if record.value is None:
-        raise TransformError("the record has no value (a tombstone)")
+        raise DecodeError("the record has no value (a tombstone)")
     try:
         return orjson.loads(record.value)
     except orjson.JSONDecodeError as error:
-        raise TransformError(f"the value is not valid JSON: {error}") from None
+        reason = (
+            "not UTF-8" if "utf-8" in str(error).lower() else "not valid JSON"
+        )
+        raise DecodeError(f"the value is {reason}: {error}") from None
 
 
 def from_user_function(function: UserFunction) -> Transform:
@@ -69,7 +78,7 @@ def from_user_function(function: UserFunction) -> Transform:
     def transform(record: Record) -> bytes:
         try:
             result = function(record)
-        except TransformError:
+        except RecordError:
             raise
         except Exception as error:
             raise TransformError(

@@ -31,6 +31,8 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 if str(REPOSITORY_ROOT) not in sys.path:
     sys.path.insert(0, str(REPOSITORY_ROOT))
 
+from kafka_bridge.config import LoggingSettings  # noqa: E402
+from kafka_bridge.logs import configure_logging  # noqa: E402
 from tools.local_kafka import LocalKafka  # noqa: E402  (needs the path above)
 
 BOOTSTRAP_SERVERS_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
@@ -60,6 +62,13 @@ def unique_topic_name(hint: str) -> str:
     """Return a topic name that starts with hint, made safe, and is unique."""
     prefix = _NOT_ALLOWED_IN_TOPIC_NAMES.sub("-", hint)
     return f"{prefix[:_TOPIC_NAME_PREFIX_LENGTH]}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logging() -> None:
+    """Bridge logs at INFO, as in production: per-record DEBUG lines would
+    bury a failing test's story."""
+    configure_logging(LoggingSettings(level="INFO", format="console"))
 
 
 @pytest.fixture(scope="session")

@@ -7,8 +7,10 @@ running a bridge in this process with settings close to the defaults.
 from __future__ import annotations
 
 import json
+import threading
+import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +38,7 @@ def produce(
     count: int,
     *,
     values: Mapping[int, bytes] | None = None,
+    first_index: int = 0,
 ) -> list[Produced]:
     """Produce `count` JSON records with unique ids, round-robin over the
     topic's partitions, and return what the broker acknowledged.
@@ -50,7 +53,7 @@ def produce(
     errors: list[str] = []
     partitions = _partition_count(producer, topic)
 
-    for index in range(count):
+    for index in range(first_index, first_index + count):
         record_id = f"r-{index:06d}"
         value = (values or {}).get(index) or json.dumps(
             {"id": record_id, "n": index}
@@ -95,6 +98,30 @@ def committed_offsets(
     return {tp.partition: tp.offset for tp in committed}
 
 
+def committed_total(bootstrap: str, settings: Settings, topic: str) -> int:
+    """How many records of the topic the bridge's group has committed."""
+    partitions = _partition_count(
+        Producer({"bootstrap.servers": bootstrap}), topic
+    )
+    committed = committed_offsets(
+        bootstrap, settings.kafka.group_id, topic, partitions
+    )
+    return sum(max(0, offset) for offset in committed.values())
+
+
+def wait_until(
+    condition: Callable[[], bool], timeout_seconds: float = WAIT_SECONDS
+) -> bool:
+    """Check `condition` every 0.1 s until it holds or the time is up."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout_seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        pause.wait(0.1)
+    return condition()
+
+
 def bridge_settings(
     bootstrap: str, topic: str, api_url: str, **sections: Any
 ) -> Settings:
@@ -105,7 +132,11 @@ def bridge_settings(
             "bootstrap_servers": bootstrap,
             "group_id": f"test-{uuid.uuid4().hex[:8]}",
             "topics": [topic],
-            "consumer": {"session.timeout.ms": 6000},
+            # Short heartbeats let a member notice a rebalance quickly.
+            "consumer": {
+                "session.timeout.ms": 6000,
+                "heartbeat.interval.ms": 500,
+            },
         },
         "api": {
             "primary_url": api_url,
@@ -139,6 +170,56 @@ def ids_received(bodies: list[Any]) -> list[str]:
     return [body["value"]["id"] for body in bodies]
 
 
+def _text_headers(headers: Any) -> dict[str, str]:
+    """Consumed headers as text; a consumer always gets a list of pairs."""
+    return {
+        name: value.decode() if isinstance(value, bytes) else str(value or "")
+        for name, value in headers or []
+    }
+
+
 def _partition_count(producer: Producer, topic: str) -> int:
     metadata = producer.list_topics(topic, timeout=WAIT_SECONDS)
     return len(metadata.topics[topic].partitions)
+
+
+@dataclass(frozen=True)
+class Consumed:
+    """A record read back from a topic, headers decoded as text."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str]
+
+
+def read_topic(
+    bootstrap: str, topic: str, expected: int, timeout_seconds: float = 30.0
+) -> list[Consumed]:
+    """Read a topic from the start until `expected` records arrived or the
+    time is up, whichever comes first; returns what was read."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    found: list[Consumed] = []
+    deadline = time.monotonic() + timeout_seconds
+    try:
+        while len(found) < expected and time.monotonic() < deadline:
+            message = consumer.poll(0.2)
+            if message is None or message.error() is not None:
+                continue
+            found.append(
+                Consumed(
+                    message.key(),
+                    message.value(),
+                    _text_headers(message.headers()),
+                )
+            )
+    finally:
+        consumer.close()
+    return found

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 
 import pytest
@@ -16,6 +15,7 @@ from tests.pipeline_support import (
     ids_received,
     produce,
     running,
+    wait_until,
 )
 from tools.local_api import LocalApi
 
@@ -145,18 +145,8 @@ def test_a_stop_mid_run_commits_only_delivered_records_and_loses_none(
 
     api.reset_behaviour()
     with running(settings):
-        assert _wait_for_ids(api, {p.record_id for p in produced})
-
-
-def _wait_for_ids(api: LocalApi, expected: set[str]) -> bool:
-    """Bounded wait until every expected id has been received."""
-    done = threading.Event()
-    for _ in range(int(WAIT_SECONDS / 0.1)):
-        if expected <= set(ids_received(_bodies(api))):
-            done.set()
-            break
-        done.wait(0.1)
-    return done.is_set()
+        expected = {p.record_id for p in produced}
+        assert wait_until(lambda: expected <= set(ids_received(_bodies(api))))
 
 
 def _sample(name: str) -> float:

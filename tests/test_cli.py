@@ -27,10 +27,11 @@ def _restore_logging() -> Iterator[None]:
     """`run` configures logging for the process; undo it after each test."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
     yield
     root.handlers[:] = handlers
     root.setLevel(level)
-    structlog.reset_defaults()
+    structlog.configure(**config)
 
 
 def _config(tmp_path: Path, text: str) -> Path:

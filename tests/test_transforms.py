@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from kafka_bridge.errors import ConfigError, TransformError
+from kafka_bridge.errors import ConfigError, DecodeError, TransformError
 from kafka_bridge.records import Record
 from kafka_bridge.transforms import envelope, load_transform, passthrough
 
@@ -47,17 +47,17 @@ def test_envelope_sends_a_binary_key_as_base64() -> None:
 
 
 def test_envelope_refuses_a_value_that_is_not_json() -> None:
-    with pytest.raises(TransformError, match="not valid JSON"):
+    with pytest.raises(DecodeError, match="not valid JSON"):
         envelope(_record(b"{not json"))
 
 
 def test_envelope_refuses_a_value_that_is_not_utf8() -> None:
-    with pytest.raises(TransformError, match="not valid JSON"):
+    with pytest.raises(DecodeError, match="not UTF-8"):
         envelope(_record(b'"\xff\xfe"'))
 
 
 def test_envelope_refuses_a_tombstone() -> None:
-    with pytest.raises(TransformError, match="tombstone"):
+    with pytest.raises(DecodeError, match="tombstone"):
         envelope(_record(None))
 
 
