@@ -69,11 +69,9 @@ class Bridge:
             self.lanes,
             self.tracker,
             load_transform(pipeline.transform),
-            FailoverDelivery(
-                self._sender, _routes(settings), _retry_policy(settings)
-            ),
+            failover_delivery(settings, self._sender),
             size=pipeline.workers,
-            contract=_contract(settings),
+            contract=contract(settings),
             dedup=_dedup(settings),
             dead_letters=self.dead_letters,
         )
@@ -219,6 +217,19 @@ def producer_config(settings: Settings) -> dict[str, Any]:
     }
 
 
+def failover_delivery(
+    settings: Settings, sender: HttpSender
+) -> FailoverDelivery:
+    """The delivery path of the settings: retries, breakers, failover."""
+    return FailoverDelivery(sender, _routes(settings), _retry_policy(settings))
+
+
+def contract(settings: Settings) -> Contract | None:
+    """The API's JSON Schema contract, if one is configured."""
+    path = settings.api.contract_schema
+    return Contract(load_contract_schema(path)) if path else None
+
+
 def _retry_policy(settings: Settings) -> RetryPolicy:
     retry = settings.api.retry
     return RetryPolicy(
@@ -245,11 +256,6 @@ def _routes(settings: Settings) -> list[Route]:
         )
         for endpoint in endpoints(settings.api)
     ]
-
-
-def _contract(settings: Settings) -> Contract | None:
-    path = settings.api.contract_schema
-    return Contract(load_contract_schema(path)) if path else None
 
 
 def _dedup(settings: Settings) -> Dedup | None:
