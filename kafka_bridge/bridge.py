@@ -19,7 +19,7 @@ from typing import Any
 import structlog
 
 from kafka_bridge import metrics
-from kafka_bridge.breaker import CircuitBreaker
+from kafka_bridge.breaker import BreakerState, CircuitBreaker
 from kafka_bridge.config import Settings, load_contract_schema
 from kafka_bridge.contract import Contract
 from kafka_bridge.dead_letters import DeadLetterWriter
@@ -40,6 +40,8 @@ log = structlog.get_logger(__name__)
 # librdkafka waits up to a second between fetches when its local queue is
 # non-empty; a consumer that drains fast then idles. 10 ms keeps it busy.
 _FETCH_QUEUE_BACKOFF_MS = 10
+
+_STATISTICS_INTERVAL_MS = 5000
 
 # The bridge stores and commits offsets itself, after delivery.
 _OWNED_CONSUMER_KEYS = {
@@ -65,11 +67,12 @@ class Bridge:
         self.tracker = OffsetTracker()
         self._sender = HttpSender(settings.api, pool_size=pipeline.workers)
         self.dead_letters = _dead_letter_writer(settings)
+        self.delivery = failover_delivery(settings, self._sender)
         self.workers = WorkerPool(
             self.lanes,
             self.tracker,
             load_transform(pipeline.transform),
-            failover_delivery(settings, self._sender),
+            self.delivery,
             size=pipeline.workers,
             contract=contract(settings),
             dedup=_dedup(settings),
@@ -91,7 +94,12 @@ class Bridge:
             on_failure=self.request_stop,
         )
         self._metrics_server = (
-            metrics.MetricsServer(settings.metrics.host, settings.metrics.port)
+            metrics.MetricsServer(
+                settings.metrics.host,
+                settings.metrics.port,
+                healthy=self.health,
+                ready=self.readiness,
+            )
             if settings.metrics.enabled
             else None
         )
@@ -107,6 +115,7 @@ class Bridge:
             self.metrics_port = self._metrics_server.start()
         metrics.QUEUE_CAPACITY.set(self.lanes.capacity)
         metrics.QUEUE_DEPTH.set_function(self.lanes.qsize)
+        metrics.RECORDS_IN_FLIGHT.set_function(self.tracker.pending_count)
 
         if self.dead_letters is not None:
             self.dead_letters.start()
@@ -117,6 +126,29 @@ class Bridge:
             workers=self.settings.pipeline.workers,
             metrics_port=self.metrics_port,
         )
+
+    def health(self) -> tuple[bool, str]:
+        """Alive: every thread of the bridge is running."""
+        stopped = []
+        if not self.poller.is_alive():
+            stopped.append("poller")
+        if self.workers.alive() < self.settings.pipeline.workers:
+            stopped.append("workers")
+        if self.dead_letters is not None and not self.dead_letters.is_alive():
+            stopped.append("dlq-writer")
+        if stopped:
+            return False, f"not running: {', '.join(stopped)}"
+        return True, "ok"
+
+    def readiness(self) -> tuple[bool, str]:
+        """Ready: in the group with an assignment, and some endpoint's
+        breaker lets requests through."""
+        if not self.poller.assigned.is_set():
+            return False, "not assigned to the consumer group yet"
+        open_ = BreakerState.OPEN
+        if all(r.breaker.state is open_ for r in self.delivery.routes):
+            return False, "every endpoint's circuit breaker is open"
+        return True, "ok"
 
     def request_stop(self) -> None:
         """Ask `run` to stop; safe to call from a signal handler."""
@@ -202,6 +234,8 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # the others keep flowing instead of being revoked from everyone.
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
+        # librdkafka's statistics carry the consumer lag per partition.
+        "statistics.interval.ms": _STATISTICS_INTERVAL_MS,
         "logger": logging.getLogger("librdkafka"),
         **kafka.consumer,
         **_OWNED_CONSUMER_KEYS,

@@ -110,7 +110,11 @@ class FailoverDelivery:
                 metrics.FAILED_OVER.labels(route.endpoint.name).inc()
             attempts[index] += 1
             report.attempts += 1
+            posted_at = time.monotonic()
             outcome = self._sender.post(route.endpoint, body, idempotency_key)
+            metrics.ATTEMPT_SECONDS.labels(route.endpoint.name).observe(
+                time.monotonic() - posted_at
+            )
             metrics.POSTED.labels(
                 route.endpoint.name, metrics.status_class(outcome.status)
             ).inc()

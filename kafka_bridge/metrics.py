@@ -9,9 +9,19 @@ offset or payload ever becomes a label.
 from __future__ import annotations
 
 import threading
-from wsgiref.simple_server import WSGIServer
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
-from prometheus_client import Counter, Gauge, Info, start_http_server
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
 
 from kafka_bridge.version import __version__
 
@@ -105,6 +115,39 @@ REBALANCES = Counter(
     "kafka_bridge_rebalances",
     "Partitions revoked or lost in consumer-group rebalances.",
 )
+RECORDS_IN_FLIGHT = Gauge(
+    "kafka_bridge_records_in_flight",
+    "Records consumed and not yet done (queued, being delivered or "
+    "dead-lettered).",
+)
+CONSUMER_LAG = Gauge(
+    "kafka_bridge_consumer_lag",
+    "Records behind the partition's high watermark, as librdkafka last "
+    "reported it (committed offset to high watermark).",
+    ["topic", "partition"],
+)
+COMMITTED_OFFSET = Gauge(
+    "kafka_bridge_committed_offset",
+    "The last offset committed for the partition.",
+    ["topic", "partition"],
+)
+ATTEMPT_SECONDS = Histogram(
+    "kafka_bridge_delivery_attempt_seconds",
+    "Duration of one POST, by endpoint.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+RECORD_LATENCY = Histogram(
+    "kafka_bridge_record_latency_seconds",
+    "From the record's Kafka timestamp to the API's 2xx answer.",
+    ["topic"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900),
+)
+TRANSFORM_SECONDS = Histogram(
+    "kafka_bridge_transform_seconds",
+    "Time to transform one record (and check its contract).",
+    buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1),
+)
 BUILD = Info("kafka_bridge_build", "Version of the running bridge.")
 BUILD.info({"version": __version__})
 
@@ -114,27 +157,84 @@ def status_class(status: int | None) -> str:
     return "error" if status is None else f"{status // 100}xx"
 
 
-class MetricsServer:
-    """The `/metrics` endpoint, served on its own daemon thread."""
+HealthCheck = Callable[[], tuple[bool, str]]
 
-    def __init__(self, host: str, port: int) -> None:
-        self._host = host
-        self._port = port
-        self._server: WSGIServer | None = None
-        self._thread: threading.Thread | None = None
+
+class MetricsServer:
+    """`/metrics`, `/healthz` and `/readyz` on one port, on a daemon thread.
+
+    The endpoints only read: no payload, key or offset-level detail is
+    served, and nothing can be changed through them.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        healthy: HealthCheck,
+        ready: HealthCheck,
+    ) -> None:
+        self._server = _Server(
+            (host, port), {"/healthz": healthy, "/readyz": ready}
+        )
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="metrics-server",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self._server.server_address[1])
 
     def start(self) -> int:
-        """Listen and serve; returns the bound port (useful with port 0)."""
-        self._server, self._thread = start_http_server(
-            self._port, addr=self._host
-        )
-        self._thread.name = "metrics-server"
-        return int(self._server.server_port)
+        """Serve; returns the bound port."""
+        self._thread.start()
+        return self.port
 
     def stop(self) -> None:
         """Stop serving and release the port."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self, address: tuple[str, int], checks: dict[str, HealthCheck]
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.checks = checks
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "kafka-bridge"
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/metrics":
+            self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            return
+        check = self.server.checks.get(path)
+        if check is None:
+            self._answer(404, b"not found\n", "text/plain")
+            return
+        passed, reason = check()
+        status = 200 if passed else 503
+        self._answer(status, f"{reason}\n".encode(), "text/plain")
+
+    def log_message(self, format: str, *args: Any) -> None:
+        # Scrapes every few seconds would drown the bridge's own log.
+        return
+
+    def _answer(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)

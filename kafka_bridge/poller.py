@@ -12,6 +12,8 @@ synchronously.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import queue
 import threading
@@ -64,6 +66,7 @@ class Poller(threading.Thread):
                 **consumer_config,
                 "on_commit": self._on_commit,
                 "error_cb": self._on_client_error,
+                "stats_cb": self._on_statistics,
             }
         )
         self._topics = list(topics)
@@ -258,6 +261,21 @@ class Poller(threading.Thread):
             [(tp.topic, tp.partition) for tp in partitions]
         )
 
+    def _on_statistics(self, statistics_json: str) -> None:
+        """Consumer lag and committed offsets from librdkafka's statistics."""
+        statistics = json.loads(statistics_json)
+        for topic, topic_stats in statistics.get("topics", {}).items():
+            for partition, stats in topic_stats.get("partitions", {}).items():
+                lag = stats.get("consumer_lag", -1)
+                if partition == "-1" or lag < 0:
+                    continue
+                metrics.CONSUMER_LAG.labels(topic, partition).set(lag)
+                committed = stats.get("committed_offset", -1)
+                if committed >= 0:
+                    metrics.COMMITTED_OFFSET.labels(topic, partition).set(
+                        committed
+                    )
+
     def _on_client_error(self, error: KafkaError) -> None:
         """Errors librdkafka reports outside consume(): brokers down,
         authentication; it retries them itself unless they are fatal."""
@@ -319,6 +337,11 @@ class Poller(threading.Thread):
         log.warning("partitions_lost", partitions=_names(partitions))
 
     def _unassign(self, keys: list[TopicPartitionKey]) -> None:
+        for topic, partition in keys:
+            # Another member reports these partitions from now on.
+            for gauge in (metrics.CONSUMER_LAG, metrics.COMMITTED_OFFSET):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(topic, str(partition))
         self._assigned = [
             tp for tp in self._assigned if (tp.topic, tp.partition) not in keys
         ]

@@ -132,6 +132,7 @@ class WorkerPool:
         if dedup_key is not None and self._is_duplicate(dedup_key, record):
             return True
 
+        started = time.monotonic()
         try:
             body = self._transform(record)
             if self._contract is not None:
@@ -147,10 +148,13 @@ class WorkerPool:
                 ),
             )
 
+        metrics.TRANSFORM_SECONDS.observe(time.monotonic() - started)
+
         report = self._deliver(record, body, claim)
         if report.delivered:
             self._remember(dedup_key)
             metrics.DELIVERED.labels(record.topic).inc()
+            _observe_latency(record)
             log.debug("record_delivered", **_where(record))
             return True
         if report.cancelled:
@@ -245,6 +249,15 @@ def _delivery_letter(record: Record, report: DeliveryReport) -> DeadLetter:
         first_failure_wall=report.first_failure_wall or time.time(),
         last_failure_wall=report.last_failure_wall or time.time(),
     )
+
+
+def _observe_latency(record: Record) -> None:
+    """Kafka timestamp to 2xx; a clock skewed behind it is not counted."""
+    if record.timestamp_ms is None:
+        return
+    seconds = time.time() - record.timestamp_ms / 1000
+    if seconds >= 0:
+        metrics.RECORD_LATENCY.labels(record.topic).observe(seconds)
 
 
 def _where(record: Record) -> dict[str, object]:
