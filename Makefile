@@ -24,8 +24,12 @@ venv: $(STAMP)  ## Create the virtualenv and install the package with its extras
 KAFKA := $(BIN)/python tools/local_kafka.py
 TEST_KAFKA_STATE := .cache/kafka/test
 
+.PHONY: promtool
+promtool: $(STAMP)  ## Find promtool, installing Debian's prometheus package if missing.
+	@$(BIN)/python tools/promtool.py
+
 .PHONY: test
-test: $(STAMP)  ## Run the test suite against a local Kafka broker it starts and stops.
+test: $(STAMP) promtool  ## Run the test suite against a local Kafka broker it starts and stops.
 	@bootstrap=$$($(KAFKA) start --state-dir $(TEST_KAFKA_STATE)) || exit 1; \
 	trap '$(KAFKA) stop --state-dir $(TEST_KAFKA_STATE)' EXIT; \
 	echo "local Kafka at $$bootstrap"; \

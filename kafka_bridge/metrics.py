@@ -113,7 +113,8 @@ COMMITS = Counter(
 )
 REBALANCES = Counter(
     "kafka_bridge_rebalances",
-    "Partitions revoked or lost in consumer-group rebalances.",
+    "Rebalance events that took partitions from this member (revoked or "
+    "lost).",
 )
 RECORDS_IN_FLIGHT = Gauge(
     "kafka_bridge_records_in_flight",
