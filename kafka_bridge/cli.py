@@ -1,30 +1,42 @@
-"""The `kafka-bridge` command line: run the daemon, check a configuration.
+"""The `kafka-bridge` command line: run the daemon, check a configuration,
+replay dead letters.
 
 Exit codes are part of the interface, for systemd and Kubernetes alike:
 0 after a clean stop, 1 for a fatal runtime error, 2 for a bad
-configuration or bad usage.
+configuration or bad usage. `dlq-replay` also exits 1 when a letter it
+selected was not delivered.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import structlog
 
 from kafka_bridge.config import Settings, load_settings, render_masked
-from kafka_bridge.errors import ConfigError, ConfigProblem
+from kafka_bridge.errors import BridgeError, ConfigError, ConfigProblem
+from kafka_bridge.replay_filters import STAGES
 from kafka_bridge.version import __version__
+
+if TYPE_CHECKING:
+    from kafka_bridge.replay import Replay, ReplayOptions
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 CONFIG_ENV = "KAFKA_BRIDGE_CONFIG"
+
+# Gentle enough for an API that has just recovered; --rate raises it.
+DEFAULT_REPLAY_RATE_PER_SECOND = 10.0
 
 _RUN_EXAMPLE = """\
 example:
@@ -43,6 +55,26 @@ Prints the effective configuration with every secret masked; exits 0 if it
 is valid, 2 with one line per problem if not.
 """
 
+_REPLAY_EXAMPLE = """\
+examples:
+  # what would be replayed, counted by stage, error class and status
+  kafka-bridge dlq-replay --config config.yaml --to-api --dry-run \\
+      --since 2025-05-01T10:00:00Z --status 503
+  # deliver those records to the API again, 5 a second
+  kafka-bridge dlq-replay --config config.yaml --to-api --rate 5 \\
+      --since 2025-05-01T10:00:00Z --status 503
+  # publish records refused for good back to their original topics
+  kafka-bridge dlq-replay --config config.yaml --to-topic --error-class Refused
+
+Reads dlq.topic from where the replay group (dlq.replay.group_id) stopped
+up to the end it has at start. SIGTERM or SIGINT stops after the record in
+flight; the same command resumes. Exits 0 when every letter selected was
+delivered; 1 when one failed or came back to the DLQ, when interrupted, or
+on a runtime error; 2 for a bad configuration or command line.
+Times are ISO 8601 with a UTC offset, compared with when a record last
+failed. See docs/replay.md.
+"""
+
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but usage errors exit with our code 2 and a hint."""
@@ -55,7 +87,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The command's parser with its two subcommands."""
+    """The command's parser with its subcommands."""
     parser = _Parser(
         prog="kafka-bridge",
         description="Deliver Apache Kafka records, transformed, to an HTTP "
@@ -73,6 +105,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("run", "run the bridge until SIGTERM or SIGINT", _RUN_EXAMPLE),
         ("check-config", "validate a configuration and print it, "
          "secrets masked", _CHECK_EXAMPLE),
+        ("dlq-replay", "send dead letters out again once their cause is "
+         "fixed", _REPLAY_EXAMPLE),
     ):
         command = commands.add_parser(
             name,
@@ -82,12 +116,17 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_config_option(command)
+        if name == "dlq-replay":
+            _add_replay_options(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `kafka-bridge`; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "dlq-replay" and args.topic and not args.to_topic:
+        parser.error("--topic names the topic of --to-topic; add --to-topic")
     try:
         settings = _load(args.config)
     except ConfigError as error:
@@ -97,6 +136,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config":
         sys.stdout.write(render_masked(settings))
         return EXIT_OK
+    if args.command == "dlq-replay":
+        return _replay(settings, args)
     return _run(settings)
 
 
@@ -141,6 +182,173 @@ def _run(settings: Settings) -> int:
         return EXIT_USAGE
     _install_signal_handlers(bridge.request_stop)
     return bridge.run()
+
+
+def _add_replay_options(command: argparse.ArgumentParser) -> None:
+    target = command.add_argument_group("target (one of the two)")
+    where = target.add_mutually_exclusive_group(required=True)
+    where.add_argument(
+        "--to-api", action="store_true",
+        help="deliver through the API, as the bridge does, with the "
+        "original Idempotency-Key",
+    )
+    where.add_argument(
+        "--to-topic", action="store_true",
+        help="publish to the original topic, or to --topic",
+    )
+    target.add_argument(
+        "--topic", metavar="NAME",
+        help="with --to-topic: the topic to publish to; it must be in "
+        "kafka.topics or dlq.replay.allowed_topics",
+    )
+
+    selection = command.add_argument_group(
+        "filters (a letter must pass all; a repeated option takes any)"
+    )
+    selection.add_argument(
+        "--since", metavar="TIME",
+        help="last failure at or after TIME (ISO 8601 with offset)",
+    )
+    selection.add_argument(
+        "--until", metavar="TIME", help="last failure before TIME"
+    )
+    selection.add_argument(
+        "--partition", metavar="N", type=int,
+        help="original partition of the record",
+    )
+    selection.add_argument(
+        "--from-offset", metavar="N", type=int,
+        help="original offset at least N",
+    )
+    selection.add_argument(
+        "--to-offset", metavar="N", type=int, help="original offset at most N"
+    )
+    selection.add_argument(
+        "--stage", action="append", default=[], choices=STAGES,
+        help="stage the record failed at",
+    )
+    selection.add_argument(
+        "--error-class", metavar="NAME", action="append", default=[],
+        help="e.g. Refused, DeliveryFailed, DecodeError",
+    )
+    selection.add_argument(
+        "--status", metavar="CODE", action="append", default=[], type=int,
+        help="last HTTP status, e.g. 503",
+    )
+
+    run = command.add_argument_group("how")
+    run.add_argument(
+        "--dry-run", action="store_true",
+        help="count what would be replayed; write and commit nothing",
+    )
+    run.add_argument(
+        "--limit", metavar="N", type=int, help="replay at most N letters"
+    )
+    run.add_argument(
+        "--rate", metavar="PER_SECOND", type=float,
+        default=DEFAULT_REPLAY_RATE_PER_SECOND,
+        help="most records sent per second (default: %(default)s)",
+    )
+    run.add_argument(
+        "--force", action="store_true",
+        help="replay letters at dlq.replay.max_count too",
+    )
+    run.add_argument(
+        "--group", metavar="NAME",
+        help="consumer group for this run, instead of dlq.replay.group_id",
+    )
+    run.add_argument(
+        "--from-beginning", action="store_true",
+        help="read the DLQ from its start, not from where the group stopped",
+    )
+
+
+def _replay(settings: Settings, args: argparse.Namespace) -> int:
+    # Imported here so that check-config and --help stay light.
+    from confluent_kafka import KafkaException
+
+    from kafka_bridge.logs import configure_logging
+    from kafka_bridge.replay import Replay
+
+    configure_logging(settings.logging)
+    stop = threading.Event()
+    try:
+        replay = Replay(settings, _replay_options(args), stop=stop)
+    except ConfigError as error:
+        _cannot_replay(error)
+        return EXIT_USAGE
+
+    code = EXIT_FAILURE
+    with _stopped_by_signals(stop.set):
+        try:
+            tally = replay.run()
+            code = EXIT_OK if tally.complete else EXIT_FAILURE
+        except ConfigError as error:
+            _cannot_replay(error)
+            code = EXIT_USAGE
+        except (BridgeError, KafkaException) as error:
+            structlog.get_logger("kafka_bridge").error(
+                "dlq_replay_failed", error=str(error)
+            )
+        finally:
+            _print_summary(replay, dry_run=args.dry_run)
+    return code
+
+
+def _cannot_replay(error: ConfigError) -> None:
+    sys.stderr.write(f"kafka-bridge dlq-replay: cannot replay\n{error}\n")
+
+
+def _print_summary(replay: Replay, *, dry_run: bool) -> None:
+    from kafka_bridge.replay_summary import render_summary
+
+    heading = (
+        f"kafka-bridge dlq-replay{' (dry run)' if dry_run else ''}: "
+        f"{replay.dlq_topic} to {replay.target_name}, group {replay.group_id}"
+    )
+    sys.stdout.write(render_summary(replay.tally, heading, dry_run=dry_run))
+
+
+def _replay_options(args: argparse.Namespace) -> ReplayOptions:
+    from kafka_bridge.replay import ReplayOptions
+    from kafka_bridge.replay_filters import build_filter
+
+    return ReplayOptions(
+        to_topic=args.to_topic,
+        topic=args.topic,
+        selection=build_filter(
+            since=args.since,
+            until=args.until,
+            partition=args.partition,
+            from_offset=args.from_offset,
+            to_offset=args.to_offset,
+            stages=args.stage,
+            error_classes=args.error_class,
+            statuses=args.status,
+        ),
+        limit=args.limit,
+        rate_per_second=args.rate,
+        dry_run=args.dry_run,
+        force=args.force,
+        group_id=args.group,
+        from_beginning=args.from_beginning,
+    )
+
+
+@contextlib.contextmanager
+def _stopped_by_signals(request_stop: Callable[[], None]) -> Iterator[None]:
+    """Signal handlers as `run` has them, for the span of a command; the
+    ones before are put back after it."""
+    previous = {
+        signum: signal.getsignal(signum)
+        for signum in (signal.SIGTERM, signal.SIGINT)
+    }
+    _install_signal_handlers(request_stop)
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _install_signal_handlers(request_stop: Callable[[], None]) -> None:

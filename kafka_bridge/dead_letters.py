@@ -21,7 +21,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_bridge import metrics
 from kafka_bridge.deadline import Deadline
-from kafka_bridge.records import Record
+from kafka_bridge.records import Header, Record
 from kafka_bridge.token_bucket import TokenBucket
 from kafka_bridge.version import __version__
 
@@ -39,6 +39,9 @@ log = structlog.get_logger(__name__)
 
 HEADER_PREFIX = "kafka-bridge."
 MAX_ERROR_MESSAGE_CHARS = 500
+# How many times a record was replayed from the DLQ; kept among the
+# original headers when a replayed record is dead-lettered again.
+REPLAY_COUNT_HEADER = HEADER_PREFIX + "replay.count"
 
 # How long the writer waits for work before serving delivery reports.
 _IDLE_POLL_SECONDS = 0.1
@@ -277,6 +280,21 @@ class DeadLetterWriter(threading.Thread):
             partition=record.partition,
             offset=record.offset,
         )
+
+
+def is_bridge_header(name: str) -> bool:
+    """True for a header the bridge adds (`kafka-bridge.*`), not the
+    producer of the record."""
+    return name.startswith(HEADER_PREFIX)
+
+
+def without_bridge_headers(
+    headers: Iterable[tuple[str, bytes | None]],
+) -> tuple[Header, ...]:
+    """The headers a record had before the bridge added its own, in order."""
+    return tuple(
+        (name, value) for name, value in headers if not is_bridge_header(name)
+    )
 
 
 def _iso(wall_seconds: float) -> str:

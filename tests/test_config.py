@@ -20,6 +20,7 @@ from kafka_bridge.config import (
     ConfigError,
     ConfigProblem,
     DedupSettings,
+    DlqReplaySettings,
     DlqSettings,
     PipelineSettings,
     RetrySettings,
@@ -483,6 +484,62 @@ def test_a_separate_dead_letter_topic_is_accepted() -> None:
     data = with_value("dlq.topic", "orders.dlq")
 
     assert settings_from_mapping(data, NO_ENVIRONMENT).dlq.topic == "orders.dlq"
+
+
+def test_the_replay_defaults_are_the_documented_ones() -> None:
+    loaded = settings_from_mapping(minimal(), NO_ENVIRONMENT)
+
+    assert loaded.dlq.replay == DlqReplaySettings(
+        max_count=3, group_id=None, allowed_topics=()
+    )
+
+
+def test_replay_settings_are_read_from_the_file_and_the_environment() -> None:
+    data = with_section(
+        "dlq", topic="orders.dlq", replay={"allowed_topics": ["orders.retry"]}
+    )
+    environ = {"KAFKA_BRIDGE__DLQ__REPLAY__MAX_COUNT": "5"}
+
+    replay = settings_from_mapping(data, environ).dlq.replay
+
+    assert replay.allowed_topics == ("orders.retry",)
+    assert replay.max_count == 5
+
+
+def test_replaying_into_the_dead_letter_topic_is_refused() -> None:
+    data = with_section(
+        "dlq",
+        topic="orders.dlq",
+        replay={"allowed_topics": ["orders.retry", "orders.dlq"]},
+    )
+
+    problem = problem_at(load_error(data), "dlq.replay.allowed_topics[1]")
+
+    assert problem.rule == "not-the-dead-letter-topic"
+    assert "orders.dlq" in problem.value
+
+
+def test_an_allowed_replay_topic_that_is_no_topic_name_is_refused() -> None:
+    data = with_value("dlq.replay", {"allowed_topics": ["orders retry"]})
+
+    problem = problem_at(load_error(data), "dlq.replay.allowed_topics[0]")
+
+    assert problem.rule == "pattern"
+
+
+def test_a_replay_group_that_is_the_bridge_group_is_refused() -> None:
+    data = with_value("dlq.replay", {"group_id": "kafka-bridge"})
+
+    problem = problem_at(load_error(data), "dlq.replay.group_id")
+
+    assert problem.rule == "separate-replay-group"
+    assert "kafka-bridge-dlq-replay" in problem.fix
+
+
+def test_a_replay_max_count_below_one_is_refused() -> None:
+    data = with_value("dlq.replay", {"max_count": 0})
+
+    assert problem_at(load_error(data), "dlq.replay.max_count").rule == "minimum"
 
 
 @pytest.mark.parametrize("key", ["enable.auto.commit", "enable.auto.offset.store"])

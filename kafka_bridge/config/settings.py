@@ -92,6 +92,20 @@ class ApiSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DlqReplaySettings:
+    """How `kafka-bridge dlq-replay` puts dead letters back to work.
+
+    `group_id` None means `<kafka.group_id>-dlq-replay`.
+    """
+
+    max_count: int = default_at("dlq", "replay", "max_count")
+    group_id: str | None = default_at("dlq", "replay", "group_id")
+    allowed_topics: tuple[str, ...] = tuple(
+        default_at("dlq", "replay", "allowed_topics")
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DlqSettings:
     """Where undeliverable records go, and how fast they may be written.
 
@@ -103,6 +117,7 @@ class DlqSettings:
     rate_per_second: float = default_at("dlq", "rate_per_second")
     burst: int = default_at("dlq", "burst")
     when_limited: str = default_at("dlq", "when_limited")
+    replay: DlqReplaySettings = field(default_factory=DlqReplaySettings)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -278,11 +293,17 @@ def _retry(section: Mapping[str, Any]) -> RetrySettings:
 
 
 def _dlq(section: Mapping[str, Any]) -> DlqSettings:
+    replay = section["replay"]
     return DlqSettings(
         topic=section["topic"],
         rate_per_second=float(section["rate_per_second"]),
         burst=int(section["burst"]),
         when_limited=section["when_limited"],
+        replay=DlqReplaySettings(
+            max_count=int(replay["max_count"]),
+            group_id=replay["group_id"],
+            allowed_topics=tuple(replay["allowed_topics"]),
+        ),
     )
 
 

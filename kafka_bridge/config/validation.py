@@ -119,6 +119,8 @@ def semantic_problems(
         *_offset_keys(data, context),
         *_success_statuses(data, context),
         *_dead_letter_loop(data, context),
+        *_replay_into_dead_letters(data, context),
+        *_replay_group(data, context),
         *_contract_schema(data, context),
         *_non_finite(data, (), context),
     ]
@@ -407,6 +409,48 @@ def _pattern_matches(subscription: Any, topic: str) -> bool:
         return re.search(subscription, topic) is not None
     except re.error:
         return False
+
+
+def _replay_into_dead_letters(
+    data: Mapping[str, Any], context: Context
+) -> list[ConfigProblem]:
+    dead_letters = _section(data, "dlq").get("topic")
+    allowed = _section(data, "dlq", "replay").get("allowed_topics")
+    if not isinstance(dead_letters, str) or not isinstance(allowed, list):
+        return []
+
+    return [
+        context.problem(
+            ("dlq", "replay", "allowed_topics", index),
+            "not-the-dead-letter-topic",
+            "is dlq.topic: replayed letters would land among the dead "
+            "letters they came from",
+            "remove it; list the topics records are replayed into, such as "
+            "the ones in kafka.topics",
+            topic,
+        )
+        for index, topic in enumerate(allowed)
+        if topic == dead_letters
+    ]
+
+
+def _replay_group(data: Mapping[str, Any], context: Context) -> list[ConfigProblem]:
+    group = _section(data, "dlq", "replay").get("group_id")
+    bridge_group = _section(data, "kafka").get("group_id")
+    if not isinstance(group, str) or group != bridge_group:
+        return []
+
+    return [
+        context.problem(
+            ("dlq", "replay", "group_id"),
+            "separate-replay-group",
+            "is kafka.group_id: the running bridges' group would refuse "
+            "the replay's commits",
+            f"name a group of its own, such as {group}-dlq-replay, or null "
+            "for that default",
+            group,
+        )
+    ]
 
 
 def _contract_schema(
