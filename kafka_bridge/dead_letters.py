@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_bridge import metrics
 from kafka_bridge.deadline import Deadline
+from kafka_bridge.failover import DeliveryReport
 from kafka_bridge.records import Header, Record
 from kafka_bridge.token_bucket import TokenBucket
 from kafka_bridge.version import __version__
@@ -75,6 +76,23 @@ class DeadLetter:
     attempts: int = 0
     first_failure_wall: float = field(default_factory=time.time)
     last_failure_wall: float = field(default_factory=time.time)
+
+    @classmethod
+    def of_delivery(cls, record: Record, report: DeliveryReport) -> DeadLetter:
+        """The letter of a record the API did not accept."""
+        last = report.last
+        now = time.time()
+        return cls(
+            record=record,
+            stage="delivery",
+            error_class="DeliveryFailed" if report.retryable else "Refused",
+            error_message=report.reason,
+            status=last.status if last else None,
+            endpoint=last.endpoint.name if last else None,
+            attempts=report.attempts,
+            first_failure_wall=report.first_failure_wall or now,
+            last_failure_wall=report.last_failure_wall or now,
+        )
 
     def headers(self) -> list[tuple[str, str | bytes | None]]:
         """The original headers, then ours, all prefixed `kafka-bridge.`."""

@@ -20,7 +20,6 @@ import logging
 import re
 import socket
 import threading
-import time
 from typing import Any, Protocol
 
 import structlog
@@ -32,8 +31,6 @@ from kafka_bridge.dead_letters import DeadLetter, DeadLetterWriter, Submitted
 from kafka_bridge.deadline import Deadline
 from kafka_bridge.delivery import HttpSender
 from kafka_bridge.errors import ConfigError, RecordError
-from kafka_bridge.failover import DeliveryReport
-from kafka_bridge.records import Record
 from kafka_bridge.stored_letters import StoredLetter
 from kafka_bridge.token_bucket import TokenBucket
 from kafka_bridge.transforms import load_transform
@@ -171,7 +168,7 @@ class ApiTarget:
             return Outcome.DELIVERED
         if report.cancelled:
             return Outcome.CANCELLED
-        return self._dead_letter(_delivery_letter(record, report), stop)
+        return self._dead_letter(DeadLetter.of_delivery(record, report), stop)
 
     def close(self, timeout_seconds: float) -> None:
         """Flush the dead-letter writer, close the HTTP connections."""
@@ -205,23 +202,6 @@ class ApiTarget:
         if verdicts == [True]:
             return Outcome.DEAD_LETTERED
         return Outcome.CANCELLED if stop.is_set() else Outcome.FAILED
-
-
-def _delivery_letter(record: Record, report: DeliveryReport) -> DeadLetter:
-    """The letter of a record the API did not accept, as workers write it."""
-    last = report.last
-    now = time.time()
-    return DeadLetter(
-        record=record,
-        stage="delivery",
-        error_class="DeliveryFailed" if report.retryable else "Refused",
-        error_message=report.reason,
-        status=last.status if last else None,
-        endpoint=last.endpoint.name if last else None,
-        attempts=report.attempts,
-        first_failure_wall=report.first_failure_wall or now,
-        last_failure_wall=report.last_failure_wall or now,
-    )
 
 
 class TopicTarget:

@@ -159,7 +159,7 @@ class WorkerPool:
             return True
         if report.cancelled:
             return False
-        return self._dead_letter(claim, _delivery_letter(record, report))
+        return self._dead_letter(claim, DeadLetter.of_delivery(record, report))
 
     def _deliver(
         self, record: Record, body: bytes, claim: PartitionProgress
@@ -234,21 +234,6 @@ class WorkerPool:
         if not self._tracker.finish(claim, record.offset, done=done):
             metrics.LATE_COMPLETIONS.inc()
             log.info("late_completion_ignored", **_where(record))
-
-
-def _delivery_letter(record: Record, report: DeliveryReport) -> DeadLetter:
-    last = report.last
-    return DeadLetter(
-        record=record,
-        stage="delivery",
-        error_class="DeliveryFailed" if report.retryable else "Refused",
-        error_message=report.reason,
-        status=last.status if last else None,
-        endpoint=last.endpoint.name if last else None,
-        attempts=report.attempts,
-        first_failure_wall=report.first_failure_wall or time.time(),
-        last_failure_wall=report.last_failure_wall or time.time(),
-    )
 
 
 def _observe_latency(record: Record) -> None:
