@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from kafka_bridge import metrics
 from kafka_bridge.deadline import Deadline
+from kafka_bridge.errors import RecordError
 from kafka_bridge.failover import DeliveryReport
 from kafka_bridge.records import Header, Record
 from kafka_bridge.token_bucket import TokenBucket
@@ -76,6 +77,17 @@ class DeadLetter:
     attempts: int = 0
     first_failure_wall: float = field(default_factory=time.time)
     last_failure_wall: float = field(default_factory=time.time)
+
+    @classmethod
+    def of_error(cls, record: Record, error: RecordError) -> DeadLetter:
+        """The letter of a record that could not be read, transformed or
+        made to fit the contract."""
+        return cls(
+            record=record,
+            stage=error.stage,
+            error_class=type(error).__name__,
+            error_message=str(error),
+        )
 
     @classmethod
     def of_delivery(cls, record: Record, report: DeliveryReport) -> DeadLetter:

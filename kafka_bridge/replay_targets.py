@@ -153,15 +153,7 @@ class ApiTarget:
             if self._contract is not None:
                 self._contract.check(body)
         except RecordError as error:
-            return self._dead_letter(
-                DeadLetter(
-                    record=record,
-                    stage=error.stage,
-                    error_class=type(error).__name__,
-                    error_message=str(error),
-                ),
-                stop,
-            )
+            return self._dead_letter(DeadLetter.of_error(record, error), stop)
 
         report = self._delivery.deliver(body, record.coordinates, stop)
         if report.delivered:

@@ -138,15 +138,7 @@ class WorkerPool:
             if self._contract is not None:
                 self._contract.check(body)
         except RecordError as error:
-            return self._dead_letter(
-                claim,
-                DeadLetter(
-                    record=record,
-                    stage=error.stage,
-                    error_class=type(error).__name__,
-                    error_message=str(error),
-                ),
-            )
+            return self._dead_letter(claim, DeadLetter.of_error(record, error))
 
         metrics.TRANSFORM_SECONDS.observe(time.monotonic() - started)
 

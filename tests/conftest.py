@@ -33,6 +33,8 @@ if str(REPOSITORY_ROOT) not in sys.path:
 
 from kafka_bridge.config import LoggingSettings  # noqa: E402
 from kafka_bridge.logs import configure_logging  # noqa: E402
+from tests.manual_clock import ManualClock  # noqa: E402
+from tools.local_api import LocalApi  # noqa: E402
 from tools.local_kafka import LocalKafka  # noqa: E402  (needs the path above)
 
 BOOTSTRAP_SERVERS_VARIABLE = "KAFKA_BOOTSTRAP_SERVERS"
@@ -62,6 +64,26 @@ def unique_topic_name(hint: str) -> str:
     """Return a topic name that starts with hint, made safe, and is unique."""
     prefix = _NOT_ALLOWED_IN_TOPIC_NAMES.sub("-", hint)
     return f"{prefix[:_TOPIC_NAME_PREFIX_LENGTH]}-{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    """A clock that moves only when the test sets `clock.now`."""
+    return ManualClock()
+
+
+@pytest.fixture
+def api() -> Iterator[LocalApi]:
+    """A local HTTP API on loopback, the bridge's primary endpoint."""
+    with LocalApi() as server:
+        yield server
+
+
+@pytest.fixture
+def standby() -> Iterator[LocalApi]:
+    """A second local HTTP API, the bridge's secondary endpoint."""
+    with LocalApi() as server:
+        yield server
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ import threading
 import pytest
 
 from kafka_bridge.breaker import BreakerState, CircuitBreaker
+from tests.manual_clock import ManualClock
 
 THRESHOLD = 3
 COOL_DOWN_SECONDS = 10.0
@@ -23,21 +24,6 @@ POSSIBLE_TRANSITIONS = {
     (BreakerState.HALF_OPEN, BreakerState.OPEN),
     (BreakerState.HALF_OPEN, BreakerState.CLOSED),
 }
-
-
-class ManualClock:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from prometheus_client import REGISTRY
 
@@ -20,12 +18,6 @@ from tests.pipeline_support import (
 from tools.local_api import LocalApi
 
 pytestmark = pytest.mark.kafka
-
-
-@pytest.fixture
-def api() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
 
 
 def _bodies(api: LocalApi) -> list[dict[str, object]]:

@@ -13,25 +13,11 @@ from hypothesis import strategies as st
 
 from kafka_bridge.dedup import DedupCache, key_extractor
 from kafka_bridge.records import Record
+from tests.manual_clock import ManualClock
 
 CAPACITY = 4
 MAX_AGE_SECONDS = 60.0
 THREAD_TIMEOUT_SECONDS = 10.0
-
-
-class ManualClock:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture

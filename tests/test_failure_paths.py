@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from email.utils import formatdate
 from pathlib import Path
 
@@ -34,18 +33,6 @@ FAST_RETRY = {
     "max_backoff_seconds": 0.05,
     "max_attempts": 2,
 }
-
-
-@pytest.fixture
-def api() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
-
-
-@pytest.fixture
-def standby() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
 
 
 def _ids(api: LocalApi) -> list[str]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import requests
 from prometheus_client import REGISTRY
@@ -23,18 +21,6 @@ from tools.local_api import LocalApi
 from tools.local_kafka import find_free_ports
 
 METRICS = {"enabled": True, "host": "127.0.0.1", "port": 0}
-
-
-@pytest.fixture
-def api() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
-
-
-@pytest.fixture
-def standby() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
 
 
 def _get(bridge: Bridge, path: str) -> requests.Response:

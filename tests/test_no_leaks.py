@@ -12,7 +12,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,12 +27,6 @@ FILE_SECRET = "canary-file-secret-51d2"
 ENV_SECRET = "canary-env-secret-9e07"
 URL_SECRET = "canary-url-password-c3aa"
 PAYLOAD_CANARY = "canary-payload-77f1"
-
-
-@pytest.fixture
-def api() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
 
 
 def _config(

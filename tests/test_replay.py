@@ -435,12 +435,6 @@ def _failing_fast() -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def api() -> Iterator[LocalApi]:
-    with LocalApi() as server:
-        yield server
-
-
 def _config(
     tmp_path: Path,
     bootstrap: str,

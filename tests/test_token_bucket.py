@@ -11,27 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kafka_bridge.token_bucket import TokenBucket
+from tests.manual_clock import ManualClock
 
 RATE_PER_SECOND = 4.0
 CAPACITY = 5.0
 THREAD_TIMEOUT_SECONDS = 10.0
 # Float sums of refills may exceed the exact bound by rounding alone.
 ROUNDING_SLACK = 1e-6
-
-
-class ManualClock:
-    """A monotonic clock that moves only when the test moves it."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock() -> ManualClock:
-    return ManualClock()
 
 
 @pytest.fixture
