@@ -13,12 +13,14 @@ nginx_sink.py), with a fresh consumer group for each consumer:
 3. raw POST: as many threads as the bridge has workers POST the bodies the
    bridge would send, built beforehand, through one `requests` session;
 4. the bridge: `kafka-bridge run` drains the topic; its rate comes from
-   nginx's log, first to last POST, and its peak RSS from /proc;
+   nginx's log, first to last POST, and its peak RSS and CPU from /proc;
 5. latency: with the bridge caught up, a further 5 % of records is
    produced at half its rate, and each is timed from its Kafka timestamp
    to the moment nginx answered its POST;
 6. the bridge is stopped with SIGTERM, as a service manager does.
 
+During each measured step it also notes how much CPU other processes on
+the machine used, since two shared cores make every figure move with them.
 The figures are printed and written to bench-results.json with the facts
 of the machine. docs/performance.md explains them.
 """
@@ -37,7 +39,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -83,6 +85,10 @@ FETCH_QUEUE_BACKOFF_MS = 10
 LATENCY_SAMPLE_FRACTION = 0.05
 LATENCY_RATE_FRACTION = 0.5
 
+# CPU used by other processes, in cores, above which a step's figures are
+# flagged as disturbed by other work.
+DISTURBED_AT_CORES = 0.2
+
 # As the bridge's own defaults, so the raw POST loop waits as long.
 _POST_TIMEOUT_SECONDS = (3.05, 10.0)
 _PHASE_TIMEOUT_SECONDS = 900.0
@@ -118,6 +124,14 @@ class Produced:
 
 
 @dataclass(frozen=True)
+class PostCeiling:
+    """What the raw POST loop reached, and the CPU each request took."""
+
+    requests_per_second: float
+    cpu_ms_per_request: float
+
+
+@dataclass(frozen=True)
 class BridgeRun:
     """What the bridge did while it ran."""
 
@@ -126,6 +140,7 @@ class BridgeRun:
     latencies_ms: list[float]
     latency_rate_per_second: float
     peak_rss_mib: float | None
+    cpu_ms_per_record: float | None
     missing: int
     duplicates: int
     exit_code: int | None
@@ -145,6 +160,7 @@ class Results:
     producer_records_per_second: float
     raw_consume_records_per_second: float
     raw_post_requests_per_second: float
+    raw_post_cpu_ms_per_request: float
     bridge_records_per_second: float
     bridge_wall_records_per_second: float
     lower_ceiling: str
@@ -154,15 +170,25 @@ class Results:
     latency_p50_ms: float | None
     latency_p99_ms: float | None
     bridge_peak_rss_mib: float | None
+    bridge_cpu_ms_per_record: float | None
     missing: int
     duplicates: int
     bridge_exit_code: int | None
     bridge_stop_seconds: float
+    cpu_during_steps: dict[str, CpuShare]
 
     @property
     def ok(self) -> bool:
         """Nothing lost, and the bridge stopped cleanly."""
         return self.missing == 0 and self.bridge_exit_code == 0
+
+    @property
+    def disturbed(self) -> bool:
+        """Other processes took a noticeable share of the CPU in a step."""
+        return any(
+            share.others_cores > DISTURBED_AT_CORES
+            for share in self.cpu_during_steps.values()
+        )
 
 
 def record_value(index: int) -> bytes:
@@ -224,41 +250,54 @@ def _interrupt(signum: int, frame: FrameType | None) -> None:
     raise KeyboardInterrupt
 
 
-@dataclass(frozen=True)
+@dataclass
 class _Site:
-    """Where this run measures: its broker, topic, sink and directory."""
+    """Where this run measures: its broker, topic, sink and directory, and
+    the processes it started, whose CPU is its own."""
 
+    broker: LocalKafka
     bootstrap: str
     topic: str
     sink: NginxSink
     work: Path
+    bridge_pid: int | None = None
 
     @property
     def bridge_group(self) -> str:
         return f"{self.topic}-bridge"
 
+    def own_pids(self) -> list[int]:
+        pids = [os.getpid(), *self.sink.process_ids()]
+        for pid in (self.broker.running_pid(), self.bridge_pid):
+            if pid is not None:
+                pids.append(pid)
+        return pids
+
 
 def _run(records: int, workers: int) -> Results:
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(
-            tempfile.TemporaryDirectory(prefix="kafka-bridge-bench-")
-        ))
         machine = _machine_facts()
-        bootstrap = _start_broker(stack)
-        sink = stack.enter_context(NginxSink(work / "nginx"))
-        site = _Site(bootstrap, _create_topic(bootstrap), sink, work)
+        site = _set_up(stack)
+        cpu = _CpuMeter(site.own_pids)
 
         _say(f"producing {records:,} records to {site.topic}")
-        produced = _produce_backlog(bootstrap, site.topic, records)
+        produced = _produce_backlog(site.bootstrap, site.topic, records)
         _say("raw consume loop")
-        consume_rate = _measure_raw_consume(bootstrap, site.topic, records)
+        with cpu.step("raw_consume"):
+            consume_rate = _measure_raw_consume(
+                site.bootstrap, site.topic, records
+            )
         _say(f"raw POST loop, {workers} threads")
-        post_rate = _measure_raw_post(sink.url, site.topic, produced, workers)
+        with cpu.step("raw_post"):
+            post = _measure_raw_post(
+                site.sink.url, site.topic, produced, workers
+            )
         _say(f"kafka-bridge, {workers} workers")
-        bridge = _measure_bridge(site, produced, workers, stack)
+        bridge = _measure_bridge(site, produced, workers, stack, cpu)
 
     return _results(
-        machine, records, workers, produced, consume_rate, post_rate, bridge
+        machine, records, workers, produced, consume_rate, post, bridge,
+        cpu.shares,
     )
 
 
@@ -266,11 +305,77 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
-def _start_broker(stack: contextlib.ExitStack) -> str:
+def _set_up(stack: contextlib.ExitStack) -> _Site:
+    """A work directory, a broker, the sink and a new topic."""
+    work = Path(stack.enter_context(
+        tempfile.TemporaryDirectory(prefix="kafka-bridge-bench-")
+    ))
     _say("starting a local Kafka broker (the first run fetches its jars)")
-    kafka = LocalKafka(BENCH_STATE_DIR)
-    stack.callback(kafka.stop)
-    return kafka.start()
+    broker = LocalKafka(BENCH_STATE_DIR)
+    stack.callback(broker.stop)
+    bootstrap = broker.start()
+
+    sink = stack.enter_context(NginxSink(work / "nginx"))
+    return _Site(broker, bootstrap, _create_topic(bootstrap), sink, work)
+
+
+@dataclass(frozen=True)
+class CpuShare:
+    """CPU in use during one step, in cores: on the whole machine, and by
+    processes the bench did not start."""
+
+    machine_cores: float
+    others_cores: float
+
+
+class _CpuMeter:
+    """Splits the CPU used during each step between the bench's own
+    processes and everything else, so that a run disturbed by other work
+    on the machine says so. Reads /proc; elsewhere it measures nothing."""
+
+    def __init__(self, own_pids: Callable[[], list[int]]) -> None:
+        self._own_pids = own_pids
+        self.shares: dict[str, CpuShare] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str) -> Iterator[None]:
+        machine_before = _machine_busy_seconds()
+        own_before = self._own_seconds()
+        started = time.monotonic()
+        yield
+        elapsed_seconds = time.monotonic() - started
+        machine_after = _machine_busy_seconds()
+        if machine_before is None or machine_after is None:
+            return
+
+        machine_cores = (machine_after - machine_before) / elapsed_seconds
+        own_seconds = sum(
+            seconds - own_before.get(pid, 0.0)
+            for pid, seconds in self._own_seconds().items()
+        )
+        others = max(0.0, machine_cores - own_seconds / elapsed_seconds)
+        self.shares[name] = CpuShare(
+            round(machine_cores, 2), round(others, 2)
+        )
+
+    def _own_seconds(self) -> dict[int, float]:
+        used = {pid: _cpu_seconds(pid) for pid in self._own_pids()}
+        return {pid: seconds for pid, seconds in used.items() if seconds}
+
+
+def _machine_busy_seconds() -> float | None:
+    """CPU seconds all cores spent running anything since boot."""
+    try:
+        first_line = Path("/proc/stat").read_text().splitlines()[0]
+    except OSError:
+        return None
+    # user nice system idle iowait irq softirq ...: idle and iowait are
+    # not work, and steal is the hypervisor's, not this machine's.
+    user, nice, system, _, _, irq, softirq = map(
+        int, first_line.split()[1:8]
+    )
+    busy_ticks = user + nice + system + irq + softirq
+    return busy_ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _create_topic(bootstrap: str) -> str:
@@ -424,7 +529,7 @@ def _raise_consume_errors(batch: Iterable[Any]) -> None:
 
 def _measure_raw_post(
     url: str, topic: str, produced: Produced, threads: int
-) -> float:
+) -> PostCeiling:
     """Requests per second of threads POSTing ready bodies, no Kafka.
 
     The bodies are the bridge's own envelopes of the same records, with
@@ -433,14 +538,18 @@ def _measure_raw_post(
     """
     keys = [key.replace(topic, "raw", 1) for key in produced.keys(topic)]
     poster = _RawPoster(url, _envelopes(topic, produced), keys, threads)
+    cpu_started = time.process_time()
     try:
         elapsed_seconds = poster.run()
     finally:
         poster.close()
+    cpu_seconds = time.process_time() - cpu_started
 
     if poster.failures:
         raise BenchError(f"the raw POST loop failed: {poster.failures[0]}")
-    return len(keys) / elapsed_seconds
+    return PostCeiling(
+        len(keys) / elapsed_seconds, cpu_seconds * 1000 / len(keys)
+    )
 
 
 def _envelopes(topic: str, produced: Produced) -> list[bytes]:
@@ -547,23 +656,30 @@ def _join_all(threads: list[threading.Thread], what: str) -> None:
 
 
 def _measure_bridge(
-    site: _Site, produced: Produced, workers: int, stack: contextlib.ExitStack
+    site: _Site,
+    produced: Produced,
+    workers: int,
+    stack: contextlib.ExitStack,
+    cpu: _CpuMeter,
 ) -> BridgeRun:
     """Drain the backlog, then time the latency records, then stop."""
     arrivals = _Arrivals(site.sink.arrivals, site.topic)
     watch = _CommitWatch(site.bootstrap, site.bridge_group, site.topic)
     stack.callback(watch.close)
 
-    started = time.monotonic()
-    bridge = _start_bridge(site, workers, stack)
-    watch.wait_for(_end_offsets(produced), bridge)
-    wall_rate = len(produced.offsets) / (time.monotonic() - started)
+    with cpu.step("bridge"):
+        started = time.monotonic()
+        bridge = _start_bridge(site, workers, stack)
+        watch.wait_for(_end_offsets(produced), bridge)
+        wall_rate = len(produced.offsets) / (time.monotonic() - started)
+
     backlog = arrivals.times(produced.keys(site.topic))
     rate = _steady_rate(list(backlog.values()))
 
     live = _produce_latency_records(site, len(produced.offsets), rate)
     watch.wait_for(_end_offsets(produced, live), bridge)
     peak_rss_mib = _peak_rss_mib(bridge.pid)
+    cpu_seconds = _cpu_seconds(bridge.pid)
     exit_code, stop_seconds = _terminate(bridge)
     latencies_ms = _latencies_ms(arrivals, site.topic, live)
 
@@ -573,6 +689,9 @@ def _measure_bridge(
         latencies_ms=latencies_ms,
         latency_rate_per_second=live.records_per_second,
         peak_rss_mib=peak_rss_mib,
+        cpu_ms_per_record=_per_record_ms(
+            cpu_seconds, len(produced.offsets) + len(live.offsets)
+        ),
         missing=arrivals.missing,
         duplicates=arrivals.duplicates,
         exit_code=exit_code,
@@ -594,6 +713,7 @@ def _start_bridge(
         )
     bridge = _Bridge(process, log_path)
     stack.callback(bridge.kill_if_running)
+    site.bridge_pid = process.pid
     return bridge
 
 
@@ -820,6 +940,22 @@ def _peak_rss_mib(pid: int) -> float | None:
     return None
 
 
+def _per_record_ms(seconds: float | None, records: int) -> float | None:
+    return None if seconds is None else seconds * 1000 / records
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """User and system CPU the process has used, where /proc has it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # Fields after the command name, which may hold spaces, in brackets.
+    fields = stat.rpartition(")")[2].split()
+    user_ticks, system_ticks = int(fields[11]), int(fields[12])
+    return (user_ticks + system_ticks) / os.sysconf("SC_CLK_TCK")
+
+
 def _terminate(bridge: _Bridge) -> tuple[int | None, float]:
     """SIGTERM, then a bounded wait: the exit code (None if it did not
     exit) and how long it took."""
@@ -843,11 +979,12 @@ def _results(
     workers: int,
     produced: Produced,
     consume_rate: float,
-    post_rate: float,
+    post: PostCeiling,
     bridge: BridgeRun,
+    cpu_shares: dict[str, CpuShare],
 ) -> Results:
     lower_name, lower_rate = min(
-        ("raw_consume", consume_rate), ("raw_post", post_rate),
+        ("raw_consume", consume_rate), ("raw_post", post.requests_per_second),
         key=lambda pair: pair[1],
     )
     return Results(
@@ -859,7 +996,8 @@ def _results(
         workers=workers,
         producer_records_per_second=round(produced.records_per_second, 1),
         raw_consume_records_per_second=round(consume_rate, 1),
-        raw_post_requests_per_second=round(post_rate, 1),
+        raw_post_requests_per_second=round(post.requests_per_second, 1),
+        raw_post_cpu_ms_per_request=round(post.cpu_ms_per_request, 3),
         bridge_records_per_second=round(bridge.records_per_second, 1),
         bridge_wall_records_per_second=round(
             bridge.wall_records_per_second, 1
@@ -872,15 +1010,18 @@ def _results(
         latency_rate_per_second=round(bridge.latency_rate_per_second, 1),
         latency_p50_ms=_percentile(bridge.latencies_ms, 0.50),
         latency_p99_ms=_percentile(bridge.latencies_ms, 0.99),
-        bridge_peak_rss_mib=(
-            None if bridge.peak_rss_mib is None
-            else round(bridge.peak_rss_mib, 1)
-        ),
+        bridge_peak_rss_mib=_rounded(bridge.peak_rss_mib, 1),
+        bridge_cpu_ms_per_record=_rounded(bridge.cpu_ms_per_record, 3),
         missing=bridge.missing,
         duplicates=bridge.duplicates,
         bridge_exit_code=bridge.exit_code,
         bridge_stop_seconds=round(bridge.stop_seconds, 2),
+        cpu_during_steps=cpu_shares,
     )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
 
 
 def _percentile(
@@ -925,6 +1066,10 @@ def _print_results(results: Results) -> None:
          f"{results.latency_rate_per_second:,.0f}/s)"),
         ("latency p99", _figure(results.latency_p99_ms), "ms"),
         ("bridge peak RSS", _figure(rss), "MiB (VmHWM)"),
+        ("CPU per POST", _figure(results.raw_post_cpu_ms_per_request, 2),
+         "ms in the raw POST loop"),
+        ("CPU per record", _figure(results.bridge_cpu_ms_per_record, 2),
+         "ms in the bridge, start-up included"),
         ("missing", f"{results.missing:>9,}",
          f"records; {results.duplicates:,} duplicates"),
         ("bridge exit", f"{results.bridge_exit_code!s:>9}",
@@ -932,10 +1077,28 @@ def _print_results(results: Results) -> None:
     ]
     for name, figure, unit in rows:
         print(f"  {name:<19} {figure}  {unit}")
+    _print_cpu_shares(results)
 
 
-def _figure(value: float | None) -> str:
-    return "     none" if value is None else f"{value:>9.1f}"
+def _print_cpu_shares(results: Results) -> None:
+    shares = results.cpu_during_steps
+    if not shares:
+        return
+    print("\n  CPU in use, in cores (of the machine / by other processes):")
+    for name, share in shares.items():
+        print(
+            f"    {name.replace('_', ' '):<17} {share.machine_cores:4.2f} / "
+            f"{share.others_cores:4.2f}"
+        )
+    if results.disturbed:
+        print(
+            "  other work took CPU during this run, so its figures are low "
+            "and uneven; run it again on a quieter machine"
+        )
+
+
+def _figure(value: float | None, digits: int = 1) -> str:
+    return "     none" if value is None else f"{value:>9.{digits}f}"
 
 
 def _machine_facts() -> dict[str, Any]:

@@ -183,6 +183,13 @@ class NginxSink:
             return None
         return self._process.pid
 
+    def process_ids(self) -> list[int]:
+        """The master's PID and its workers', while it runs."""
+        master = self.pid
+        if master is None:
+            return []
+        return [master, *_children_of(master)]
+
     def start(self) -> str:
         """Start nginx, wait until it accepts connections; return the URL."""
         nginx = find_nginx()
