@@ -41,7 +41,8 @@ demo: $(STAMP)  ## Run the bridge end to end on a local Kafka and a local API.
 
 .PHONY: bench
 bench: $(STAMP)  ## Measure the bridge against the raw consume and POST ceilings.
-	$(BIN)/python tools/bench.py
+	$(BIN)/python tools/bench.py $(BENCH_ARGS)
+	$(BIN)/python tools/bench_instrumentation.py
 
 .PHONY: lint
 lint: $(STAMP)  ## Check style with ruff and types with mypy.
