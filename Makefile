@@ -33,7 +33,7 @@ test: $(STAMP) promtool  ## Run the test suite against a local Kafka broker it s
 	@bootstrap=$$($(KAFKA) start --state-dir $(TEST_KAFKA_STATE)) || exit 1; \
 	trap '$(KAFKA) stop --state-dir $(TEST_KAFKA_STATE)' EXIT; \
 	echo "local Kafka at $$bootstrap"; \
-	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(BIN)/pytest $(PYTEST_ARGS)
+	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 .PHONY: demo
 demo: $(STAMP)  ## Run the bridge end to end on a local Kafka and a local API.
