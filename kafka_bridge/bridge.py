@@ -33,7 +33,7 @@ from kafka_bridge.poller import Poller
 from kafka_bridge.retry import RetryPolicy
 from kafka_bridge.token_bucket import TokenBucket
 from kafka_bridge.transforms import load_transform
-from kafka_bridge.workers import Dedup, WorkerPool
+from kafka_bridge.workers import Batching, Dedup, WorkerPool
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +77,7 @@ class Bridge:
             contract=contract(settings),
             dedup=_dedup(settings),
             dead_letters=self.dead_letters,
+            batching=_batching(settings),
         )
         self.poller = Poller(
             consumer_config(settings),
@@ -299,6 +300,18 @@ def _dedup(settings: Settings) -> Dedup | None:
     return Dedup(
         DedupCache(dedup.capacity, dedup.max_age_seconds),
         key_extractor(dedup.key),
+    )
+
+
+def _batching(settings: Settings) -> Batching | None:
+    delivery = settings.delivery
+    if delivery.mode != "batch":
+        return None
+    return Batching(
+        max_records=delivery.batch_max_records,
+        max_bytes=delivery.batch_max_bytes,
+        max_wait_seconds=delivery.batch_max_wait_ms / 1000,
+        batch_format=delivery.batch_format,
     )
 
 

@@ -71,14 +71,25 @@ class HttpSender:
         self._session = _session(settings, pool_size)
 
     def post(
-        self, endpoint: Endpoint, body: bytes, idempotency_key: str
+        self,
+        endpoint: Endpoint,
+        body: bytes,
+        idempotency_key: str,
+        content_type: str | None = None,
     ) -> AttemptOutcome:
-        """POST the body once and report the answer or the error."""
+        """POST the body once and report the answer or the error.
+
+        The session sends `Content-Type: application/json`; batches in
+        another format name theirs.
+        """
+        headers = {"Idempotency-Key": idempotency_key}
+        if content_type is not None:
+            headers["Content-Type"] = content_type
         try:
             response = self._session.post(
                 endpoint.url,
                 data=body,
-                headers={"Idempotency-Key": idempotency_key},
+                headers=headers,
                 timeout=self._timeout,
                 allow_redirects=False,
             )

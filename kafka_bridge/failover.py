@@ -13,9 +13,9 @@ the caller dead-letters it.
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -28,6 +28,12 @@ log = structlog.get_logger(__name__)
 
 # Statuses whose Retry-After asks the whole client to slow down.
 _THROTTLING_STATUSES = frozenset({429, 503})
+
+
+class Cancel(Protocol):
+    """Anything a delivery can wait on that says "give up" once set."""
+
+    def wait(self, timeout: float | None = None) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -81,9 +87,18 @@ class FailoverDelivery:
             metrics.BREAKER_STATE.labels(route.endpoint.name).set(0)
 
     def deliver(
-        self, body: bytes, idempotency_key: str, cancel: threading.Event
+        self,
+        body: bytes,
+        idempotency_key: str,
+        cancel: Cancel,
+        *,
+        content_type: str | None = None,
     ) -> DeliveryReport:
-        """Try until accepted, refused for good, out of budget or cancelled."""
+        """Try until accepted, refused for good, out of budget or cancelled.
+
+        `cancel` is waited on between attempts: once it is set, the body is
+        given up, uncommitted.
+        """
         report = DeliveryReport()
         started = time.monotonic()
         attempts = [0] * len(self.routes)
@@ -111,7 +126,9 @@ class FailoverDelivery:
             attempts[index] += 1
             report.attempts += 1
             posted_at = time.monotonic()
-            outcome = self._sender.post(route.endpoint, body, idempotency_key)
+            outcome = self._sender.post(
+                route.endpoint, body, idempotency_key, content_type
+            )
             metrics.ATTEMPT_SECONDS.labels(route.endpoint.name).observe(
                 time.monotonic() - posted_at
             )

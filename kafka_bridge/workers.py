@@ -7,6 +7,11 @@ checks it against the API's contract and delivers it. A record that cannot
 be read, transformed, or delivered goes to the dead-letter writer, which
 finishes it once the DLQ broker acknowledged it. Without a dead-letter
 topic such a record is left pending, holding its partition's commit back.
+
+In batch mode a worker takes up to a batch of records from its lane,
+prepares each as above, and POSTs the payloads together; a batch the API
+refuses for good is split in halves, and the halves sent again, until the
+records it refuses are found and dead-lettered alone.
 """
 
 from __future__ import annotations
@@ -18,13 +23,13 @@ from dataclasses import dataclass
 
 import structlog
 
-from kafka_bridge import metrics
+from kafka_bridge import batches, metrics
 from kafka_bridge.contract import Contract
 from kafka_bridge.dead_letters import DeadLetter, DeadLetterWriter, Submitted
 from kafka_bridge.deadline import Deadline
 from kafka_bridge.dedup import DedupCache, KeyExtractor
 from kafka_bridge.errors import RecordError
-from kafka_bridge.failover import DeliveryReport, FailoverDelivery
+from kafka_bridge.failover import Cancel, DeliveryReport, FailoverDelivery
 from kafka_bridge.lanes import Lanes
 from kafka_bridge.offsets import OffsetTracker, PartitionProgress
 from kafka_bridge.records import Record
@@ -45,6 +50,26 @@ class Dedup:
     key_of: KeyExtractor
 
 
+@dataclass(frozen=True, slots=True)
+class Batching:
+    """How records are grouped into one POST (`delivery.mode: batch`)."""
+
+    max_records: int
+    max_bytes: int
+    max_wait_seconds: float
+    batch_format: str
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """A claimed record with its payload, ready to be delivered."""
+
+    record: Record
+    claim: PartitionProgress
+    body: bytes
+    dedup_key: bytes | None
+
+
 class WorkerPool:
     """A fixed number of named worker threads, one per lane."""
 
@@ -59,6 +84,7 @@ class WorkerPool:
         contract: Contract | None = None,
         dedup: Dedup | None = None,
         dead_letters: DeadLetterWriter | None = None,
+        batching: Batching | None = None,
     ) -> None:
         self._lanes = lanes
         self._tracker = tracker
@@ -67,6 +93,7 @@ class WorkerPool:
         self._contract = contract
         self._dedup = dedup
         self._dead_letters = dead_letters
+        self._batching = batching
         self._stopping = threading.Event()
         self._threads = [
             threading.Thread(
@@ -100,37 +127,49 @@ class WorkerPool:
 
     def _work(self, index: int) -> None:
         while not self._stopping.is_set():
+            records = self._take(index)
             try:
-                record = self._lanes.get(index, _IDLE_CHECK_SECONDS)
-            except queue.Empty:
-                continue
-            self._handle(record)
+                prepared = [p for r in records if (p := self._prepare(r))]
+                if self._batching is None:
+                    for item in prepared:
+                        self._deliver_one(item)
+                else:
+                    self._deliver_batches(prepared, self._batching)
+            except Exception:
+                # Records whose claim is still open stay uncommitted; the
+                # worker lives on for the next ones.
+                log.error("records_failed_unexpectedly", exc_info=True)
+                for record in records:
+                    metrics.FAILED.labels(record.topic, "unexpected").inc()
 
-    def _handle(self, record: Record) -> None:
+    def _take(self, index: int) -> list[Record]:
+        """The next record, or the next batch of them; [] when idle."""
+        if self._batching is None:
+            try:
+                return [self._lanes.get(index, _IDLE_CHECK_SECONDS)]
+            except queue.Empty:
+                return []
+        return batches.collect(
+            lambda timeout: self._lanes.get(index, timeout),
+            max_records=self._batching.max_records,
+            max_wait_seconds=self._batching.max_wait_seconds,
+            idle_seconds=_IDLE_CHECK_SECONDS,
+        )
+
+    def _prepare(self, record: Record) -> _Prepared | None:
+        """Claim, de-duplicate, transform and check one record.
+
+        None when there is nothing to deliver: the partition is gone, the
+        record is a repeat, or it failed and went to the dead letters.
+        """
         claim = self._tracker.begin(record.topic, record.partition)
         if claim is None:
-            return
+            return None
 
-        done: bool | None = False
-        try:
-            done = self._process(record, claim)
-        except Exception:
-            log.error(
-                "record_failed_unexpectedly", **_where(record), exc_info=True
-            )
-            metrics.FAILED.labels(record.topic, "unexpected").inc()
-        finally:
-            if done is not None:
-                self._finish(claim, record, done=done)
-
-    def _process(
-        self, record: Record, claim: PartitionProgress
-    ) -> bool | None:
-        """True: done. False: leave uncommitted. None: handed to the
-        dead-letter writer, which finishes the claim itself."""
         dedup_key = self._dedup.key_of(record) if self._dedup else None
         if dedup_key is not None and self._is_duplicate(dedup_key, record):
-            return True
+            self._finish(claim, record, done=True)
+            return None
 
         started = time.monotonic()
         try:
@@ -138,38 +177,91 @@ class WorkerPool:
             if self._contract is not None:
                 self._contract.check(body)
         except RecordError as error:
-            return self._dead_letter(claim, DeadLetter.of_error(record, error))
-
+            self._give_up(claim, DeadLetter.of_error(record, error))
+            return None
         metrics.TRANSFORM_SECONDS.observe(time.monotonic() - started)
+        return _Prepared(record, claim, body, dedup_key)
 
-        report = self._deliver(record, body, claim)
-        if report.delivered:
-            self._remember(dedup_key)
-            metrics.DELIVERED.labels(record.topic).inc()
-            _observe_latency(record)
-            log.debug("record_delivered", **_where(record))
-            return True
-        if report.cancelled:
-            return False
-        return self._dead_letter(claim, DeadLetter.of_delivery(record, report))
+    def _deliver_one(self, item: _Prepared) -> None:
+        report = self._deliver(
+            item.body, item.record.coordinates, item.claim.abandoned
+        )
+        self._settle([item], report)
+
+    def _deliver_batches(
+        self, items: list[_Prepared], batching: Batching
+    ) -> None:
+        sizes = [len(item.body) for item in items]
+        for start, end in batches.by_size(sizes, batching.max_bytes):
+            self._deliver_batch(items[start:end], batching.batch_format)
+
+    def _deliver_batch(
+        self, items: list[_Prepared], batch_format: str
+    ) -> None:
+        """POST the batch; if it is refused for good, bisect it."""
+        if not items:
+            return
+        report = self._deliver(
+            batches.encode([item.body for item in items], batch_format),
+            batches.batch_key(items[0].record, items[-1].record),
+            _AnyAbandoned([item.claim for item in items]),
+            content_type=batches.FORMATS[batch_format],
+        )
+        refused_for_good = not (
+            report.delivered or report.cancelled or report.retryable
+        )
+        if refused_for_good and len(items) > 1:
+            middle = len(items) // 2
+            self._deliver_batch(items[:middle], batch_format)
+            self._deliver_batch(items[middle:], batch_format)
+            return
+        self._settle(items, report)
 
     def _deliver(
-        self, record: Record, body: bytes, claim: PartitionProgress
+        self,
+        body: bytes,
+        idempotency_key: str,
+        cancel: Cancel,
+        content_type: str | None = None,
     ) -> DeliveryReport:
-        """Deliver; without a dead-letter topic, a record whose attempts ran
-        out is tried again rather than given up."""
+        """Deliver; without a dead-letter topic, a payload whose attempts
+        ran out is tried again rather than given up."""
         while True:
             report = self._delivery.deliver(
-                body, record.coordinates, claim.abandoned
+                body, idempotency_key, cancel, content_type=content_type
             )
             if report.delivered or report.cancelled:
                 return report
             if self._dead_letters is not None or not report.retryable:
                 return report
             log.warning(
-                "record_still_undelivered", reason=report.reason,
-                **_where(record),
+                "still_undelivered",
+                reason=report.reason,
+                idempotency_key=idempotency_key,
             )
+
+    def _settle(self, items: list[_Prepared], report: DeliveryReport) -> None:
+        """Finish the records the report speaks for."""
+        for item in items:
+            record = item.record
+            if report.delivered:
+                self._remember(item.dedup_key)
+                metrics.DELIVERED.labels(record.topic).inc()
+                _observe_latency(record)
+                log.debug("record_delivered", **_where(record))
+                self._finish(item.claim, record, done=True)
+            elif report.cancelled:
+                self._finish(item.claim, record, done=False)
+            else:
+                self._give_up(
+                    item.claim, DeadLetter.of_delivery(record, report)
+                )
+
+    def _give_up(self, claim: PartitionProgress, letter: DeadLetter) -> None:
+        """Dead-letter the record, or hold it when that is not possible."""
+        done = self._dead_letter(claim, letter)
+        if done is not None:
+            self._finish(claim, letter.record, done=done)
 
     def _dead_letter(
         self, claim: PartitionProgress, letter: DeadLetter
@@ -226,6 +318,31 @@ class WorkerPool:
         if not self._tracker.finish(claim, record.offset, done=done):
             metrics.LATE_COMPLETIONS.inc()
             log.info("late_completion_ignored", **_where(record))
+
+
+class _AnyAbandoned:
+    """Set as soon as any record of a batch is abandoned.
+
+    A batch spans partitions; losing one of them cancels the batch, whose
+    records then stay uncommitted and are delivered again later.
+    """
+
+    _SLICE_SECONDS = 0.05
+
+    def __init__(self, claims: list[PartitionProgress]) -> None:
+        self._events = [claim.abandoned for claim in claims]
+
+    def is_set(self) -> bool:
+        return any(event.is_set() for event in self._events)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        deadline = Deadline(timeout if timeout is not None else 1e9)
+        while not self.is_set():
+            remaining = deadline.remaining()
+            if remaining == 0.0:
+                return False
+            self._events[0].wait(min(remaining, self._SLICE_SECONDS))
+        return True
 
 
 def _observe_latency(record: Record) -> None:

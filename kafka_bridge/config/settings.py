@@ -121,6 +121,17 @@ class DlqSettings:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class DeliverySettings:
+    """One record per POST (`record`), or batches of them (`batch`)."""
+
+    mode: str = default_at("delivery", "mode")
+    batch_max_records: int = default_at("delivery", "batch_max_records")
+    batch_max_bytes: int = default_at("delivery", "batch_max_bytes")
+    batch_max_wait_ms: int = default_at("delivery", "batch_max_wait_ms")
+    batch_format: str = default_at("delivery", "batch_format")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DedupSettings:
     """Whether records seen recently are skipped, and what identifies one.
 
@@ -177,6 +188,7 @@ class Settings:
     api: ApiSettings
     dlq: DlqSettings = field(default_factory=DlqSettings)
     dedup: DedupSettings = field(default_factory=DedupSettings)
+    delivery: DeliverySettings = field(default_factory=DeliverySettings)
     pipeline: PipelineSettings = field(default_factory=PipelineSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
@@ -242,6 +254,7 @@ def build_settings(
         api=_api(data["api"]),
         dlq=_dlq(data["dlq"]),
         dedup=_dedup(data["dedup"]),
+        delivery=_delivery(data["delivery"]),
         pipeline=_pipeline(data["pipeline"]),
         metrics=_metrics(data["metrics"]),
         logging=LoggingSettings(
@@ -304,6 +317,16 @@ def _dlq(section: Mapping[str, Any]) -> DlqSettings:
             group_id=replay["group_id"],
             allowed_topics=tuple(replay["allowed_topics"]),
         ),
+    )
+
+
+def _delivery(section: Mapping[str, Any]) -> DeliverySettings:
+    return DeliverySettings(
+        mode=section["mode"],
+        batch_max_records=int(section["batch_max_records"]),
+        batch_max_bytes=int(section["batch_max_bytes"]),
+        batch_max_wait_ms=int(section["batch_max_wait_ms"]),
+        batch_format=section["batch_format"],
     )
 
 
