@@ -85,7 +85,6 @@ class Poller(threading.Thread):
         self._fetching = True
         self._closing = threading.Event()
         self._closed = threading.Event()
-        self.subscribed = threading.Event()
         self.assigned = threading.Event()
         self.failure: BaseException | None = None
 
@@ -99,7 +98,6 @@ class Poller(threading.Thread):
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            self.subscribed.set()
             while not self._closing.is_set():
                 self._poll_once()
             self._close_consumer()
@@ -121,11 +119,6 @@ class Poller(threading.Thread):
         self._fetching = False
         self._closing.set()
         return self._closed.wait(timeout_seconds)
-
-    @property
-    def paused(self) -> bool:
-        """The assigned partitions are paused because the queue is full."""
-        return self._paused
 
     # -- one turn of the loop -----------------------------------------
 

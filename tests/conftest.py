@@ -9,6 +9,7 @@ directory and stops it at the end, whatever the outcome.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 import pytest
+import structlog
 from confluent_kafka import KafkaException
 
 # NewTopic lives here in the documentation; the stubs do not re-export it.
@@ -84,6 +86,18 @@ def standby() -> Iterator[LocalApi]:
     """A second local HTTP API, the bridge's secondary endpoint."""
     with LocalApi() as server:
         yield server
+
+
+@pytest.fixture
+def restore_logging() -> Iterator[None]:
+    """Undo what a command under test did to the process's logging."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    config = structlog.get_config()
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+    structlog.configure(**config)
 
 
 @pytest.fixture(scope="session", autouse=True)

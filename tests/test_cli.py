@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import structlog
 
 from kafka_bridge.cli import main
 from kafka_bridge.version import __version__
@@ -23,15 +20,8 @@ CANARY = "canary-secret-7f3a9c"
 
 
 @pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    """`run` configures logging for the process; undo it after each test."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-    config = structlog.get_config()
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-    structlog.configure(**config)
+def _logging_restored(restore_logging: None) -> None:
+    """The command configures logging for the process."""
 
 
 def _config(tmp_path: Path, text: str) -> Path:
