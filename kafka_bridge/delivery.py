@@ -27,6 +27,7 @@ _ERROR_KINDS: tuple[tuple[type[requests.RequestException], str], ...] = (
     (requests.ConnectTimeout, "connect timeout"),
     (requests.ReadTimeout, "read timeout"),
     (requests.exceptions.SSLError, "TLS error"),
+    (requests.exceptions.ChunkedEncodingError, "connection broken mid-answer"),
     (requests.ConnectionError, "connection failed"),
 )
 

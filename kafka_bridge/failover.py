@@ -168,6 +168,7 @@ class FailoverDelivery:
             )
             log.warning(
                 "delivery_failed",
+                error=outcome.describe(),
                 reason=verdict.reason,
                 endpoint=route.endpoint.name,
                 attempt=report.attempts,
