@@ -11,12 +11,16 @@ Stopping is a written sequence under one deadline; see `Bridge.stop`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import socket
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import structlog
+from confluent_kafka import KafkaError, KafkaException
 
 from kafka_bridge import metrics
 from kafka_bridge.breaker import BreakerState, CircuitBreaker
@@ -26,6 +30,7 @@ from kafka_bridge.dead_letters import DeadLetterWriter
 from kafka_bridge.deadline import Deadline
 from kafka_bridge.dedup import DedupCache, key_extractor
 from kafka_bridge.delivery import HttpSender, endpoints
+from kafka_bridge.errors import ConfigError
 from kafka_bridge.failover import FailoverDelivery, Route
 from kafka_bridge.lanes import Lanes
 from kafka_bridge.offsets import OffsetTracker
@@ -66,7 +71,8 @@ class Bridge:
         )
         self.tracker = OffsetTracker()
         self._sender = HttpSender(settings.api, pool_size=pipeline.workers)
-        self.dead_letters = _dead_letter_writer(settings)
+        with _librdkafka_settings("kafka.producer"):
+            self.dead_letters = _dead_letter_writer(settings)
         self.delivery = failover_delivery(settings, self._sender)
         self.workers = WorkerPool(
             self.lanes,
@@ -79,7 +85,25 @@ class Bridge:
             dead_letters=self.dead_letters,
             batching=_batching(settings),
         )
-        self.poller = Poller(
+        with _librdkafka_settings("kafka.consumer"):
+            self.poller = self._poller(settings)
+        self._metrics_server = (
+            metrics.MetricsServer(
+                settings.metrics.host,
+                settings.metrics.port,
+                healthy=self.health,
+                ready=self.readiness,
+            )
+            if settings.metrics.enabled
+            else None
+        )
+        self._stop_requested = threading.Event()
+        self._stopped = threading.Event()
+        self.metrics_port: int | None = None
+
+    def _poller(self, settings: Settings) -> Poller:
+        pipeline = settings.pipeline
+        return Poller(
             consumer_config(settings),
             settings.kafka.topics,
             self.lanes,
@@ -94,19 +118,6 @@ class Bridge:
             ),
             on_failure=self.request_stop,
         )
-        self._metrics_server = (
-            metrics.MetricsServer(
-                settings.metrics.host,
-                settings.metrics.port,
-                healthy=self.health,
-                ready=self.readiness,
-            )
-            if settings.metrics.enabled
-            else None
-        )
-        self._stop_requested = threading.Event()
-        self._stopped = threading.Event()
-        self.metrics_port: int | None = None
 
     def start(self) -> None:
         """Start the metrics server, the DLQ writer, the workers and the
@@ -301,6 +312,31 @@ def _dedup(settings: Settings) -> Dedup | None:
         DedupCache(dedup.capacity, dedup.max_age_seconds),
         key_extractor(dedup.key),
     )
+
+
+@contextlib.contextmanager
+def _librdkafka_settings(section: str) -> Iterator[None]:
+    """librdkafka refuses an unknown property or a bad value when the client
+    is made: that is a configuration error, exit code 2, not a crash."""
+    try:
+        yield
+    except KafkaException as error:
+        kafka_error = error.args[0]
+        if kafka_error.code() != KafkaError._INVALID_ARG:
+            raise
+        # The message quotes the property and, for a bad value, the value:
+        # only the property's name is shown, in case the value is a secret.
+        # The property is the last quoted name in the message.
+        names = re.findall(r'"([a-z0-9._]+)"', kafka_error.str())
+        reason = kafka_error.str().split(":")[0].split(' "')[0]
+        raise ConfigError.single(
+            f"{section}.{names[-1]}" if names else section,
+            rule="librdkafka",
+            value="",
+            message=f"librdkafka refused it ({reason})",
+            fix="check the property's name and value against librdkafka's "
+            "CONFIGURATION.md",
+        ) from None
 
 
 def _batching(settings: Settings) -> Batching | None:

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import Callable
 from typing import TextIO
 
 import structlog
 from structlog.typing import Processor
 
 from kafka_bridge.config import LoggingSettings
+
+# librdkafka messages repeated within this window are logged once.
+_REPEAT_WINDOW_SECONDS = 10.0
+# Distinct messages remembered before the filter starts afresh.
+_MAX_REMEMBERED = 1000
 
 _SHARED: list[Processor] = [
     structlog.contextvars.merge_contextvars,
@@ -46,6 +53,8 @@ def configure_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    librdkafka = logging.getLogger("librdkafka")
+    librdkafka.filters[:] = [RepeatFilter(_REPEAT_WINDOW_SECONDS)]
 
     structlog.configure(
         processors=[
@@ -58,6 +67,41 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+class RepeatFilter(logging.Filter):
+    """Lets a message through once per window and counts the repeats.
+
+    librdkafka reports every failed reconnect, many times a second while a
+    broker is down; one line per window says the same and keeps the log
+    readable. The next line that passes tells how many were held back.
+    """
+
+    def __init__(
+        self, window_seconds: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._window_seconds = window_seconds
+        self._clock = clock
+        self._last_shown: dict[str, float] = {}
+        self._held_back: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        now = self._clock()
+        shown = self._last_shown.get(message)
+        if shown is not None and now - shown < self._window_seconds:
+            self._held_back[message] = self._held_back.get(message, 0) + 1
+            return False
+
+        self._last_shown[message] = now
+        repeats = self._held_back.pop(message, 0)
+        if repeats:
+            record.msg = f"{message} (and {repeats} times more)"
+            record.args = None
+        if len(self._last_shown) > _MAX_REMEMBERED:
+            self._last_shown.clear()
+        return True
 
 
 def _uses_console(settings: LoggingSettings, stream: TextIO) -> bool:

@@ -174,3 +174,26 @@ def test_run_delivers_then_exits_0_on_sigterm(
     assert delivered, log
     assert code == 0, log
     assert '"bridge_stopped"' in log
+
+
+@pytest.mark.parametrize(
+    ("section", "extra"),
+    [("consumer", ""), ("producer", "dlq:\n  topic: t.dlq\n")],
+)
+def test_a_property_librdkafka_refuses_exits_2_naming_it(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    section: str,
+    extra: str,
+) -> None:
+    text = _valid_yaml().replace(
+        "  topics: [t]\n",
+        f"  topics: [t]\n  {section}:\n    fetch.wiat.max.ms: 50\n",
+    ) + extra
+
+    code = main(["run", "--config", str(_config(tmp_path, text))])
+
+    assert code == 2
+    error = capsys.readouterr().err
+    assert f"kafka.{section}.fetch.wiat.max.ms" in error
+    assert "Traceback" not in error
