@@ -35,6 +35,10 @@ test: $(STAMP) promtool  ## Run the test suite against a local Kafka broker it s
 	echo "local Kafka at $$bootstrap"; \
 	KAFKA_BOOTSTRAP_SERVERS=$$bootstrap $(BIN)/pytest --cov --cov-report=term $(PYTEST_ARGS)
 
+.PHONY: chaos
+chaos: $(STAMP)  ## Kill, stop and starve the bridge at length; check the ledger of every record.
+	$(BIN)/python tools/chaos.py $(CHAOS_ARGS)
+
 .PHONY: demo
 demo: $(STAMP)  ## Run the bridge end to end on a local Kafka and a local API.
 	$(BIN)/python tools/demo.py

@@ -118,6 +118,19 @@ class OffsetTracker:
                 and offset != progress.committed_offset
             }
 
+    def positions(self) -> dict[TopicPartitionKey, int]:
+        """Every partition's commit offset, committed before or not.
+
+        For the last commit before partitions go: an asynchronous commit
+        still on its way may yet fail, so what is done is sent again.
+        """
+        with self._lock:
+            return {
+                key: offset
+                for key, progress in self._partitions.items()
+                if (offset := progress.commit_offset) is not None
+            }
+
     def mark_committed(self, offsets: dict[TopicPartitionKey, int]) -> None:
         """Record offsets the broker accepted, so they are not sent again."""
         with self._lock:

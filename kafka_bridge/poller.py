@@ -199,7 +199,14 @@ class Poller(threading.Thread):
     # -- commits --------------------------------------------------------
 
     def _commit(self, *, asynchronous: bool) -> None:
-        offsets = self._tracker.committable()
+        """Asynchronously, what moved since the last commit; synchronously
+        (before partitions go), every position, in case an asynchronous
+        commit still under way fails after the partitions are forgotten."""
+        offsets = (
+            self._tracker.committable()
+            if asynchronous
+            else self._tracker.positions()
+        )
         if not offsets:
             return
 

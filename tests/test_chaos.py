@@ -290,12 +290,6 @@ def test_broken_configurations_exit_2_without_traceback_or_secret(
     assert set(result.figures.values()) == {2}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a metrics address that cannot be bound (a host that does not "
-    "resolve, a port in use) is only met when the metrics server binds it: "
-    "`run` then stops with a traceback and exit code 1",
-)
 def test_a_metrics_address_that_cannot_be_bound_exits_2(
     tmp_path: Path,
 ) -> None:

@@ -169,3 +169,12 @@ def test_the_commit_offset_never_passes_an_unfinished_record(
             assert commit <= min(unfinished)
         else:
             assert commit == offsets[-1] + 1
+
+
+def test_positions_include_offsets_already_committed() -> None:
+    tracker = _tracked([0, 1])
+    _finish(tracker, 0)
+    tracker.mark_committed(tracker.committable())
+
+    assert tracker.committable() == {}
+    assert tracker.positions() == {(TOPIC, 0): 1}
