@@ -31,7 +31,6 @@ import contextlib
 import ipaddress
 import math
 import selectors
-import signal
 import socket
 import struct
 import sys
@@ -43,6 +42,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
+
+if not __package__:
+    # Run as a script: make the `tools` package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.serve_until_signalled import serve_until_signalled
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_CONNECTIONS = 256
@@ -662,15 +667,6 @@ def _fault_of(args: argparse.Namespace) -> Fault:
             return PassThrough()
 
 
-def _announce(proxy: FaultProxy, ready_file: Path | None) -> None:
-    if ready_file is not None:
-        # Written whole and then renamed, so a reader never sees half a port.
-        partial = ready_file.with_name(ready_file.name + ".partial")
-        partial.write_text(f"{proxy.port}\n")
-        partial.replace(ready_file)
-    print(f"listening on {proxy.url()}", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _argument_parser()
     args = parser.parse_args(argv)
@@ -683,25 +679,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    # Blocked before any thread starts, so that every thread inherits the
-    # mask and only the sigwait below receives these signals.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        proxy.start()
-    except OSError as error:
-        address = f"{args.host}:{args.port}"
-        print(f"error: cannot listen on {address}: {error}", file=sys.stderr)
-        return 1
-
-    try:
-        _announce(proxy, args.ready_file)
-        signal.sigwait(stop_signals)
-    finally:
-        stopped = proxy.stop()
-        if args.ready_file is not None:
-            args.ready_file.unlink(missing_ok=True)
-    return 0 if stopped else 1
+    return serve_until_signalled(
+        proxy.start,
+        proxy.stop,
+        port=lambda: proxy.port,
+        url=proxy.url,
+        address=f"{args.host}:{args.port}",
+        ready_file=args.ready_file,
+    )
 
 
 if __name__ == "__main__":

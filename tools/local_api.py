@@ -42,7 +42,6 @@ import dataclasses
 import ipaddress
 import json
 import math
-import signal
 import socket
 import sys
 import threading
@@ -55,6 +54,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeGuard, cast
 from urllib.parse import parse_qs, urlsplit
+
+if not __package__:
+    # Run as a script: make the `tools` package importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from tools.serve_until_signalled import serve_until_signalled
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_MAX_RECORDED = 1_000_000
@@ -744,15 +749,6 @@ def _argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _announce(api: LocalApi, ready_file: Path | None) -> None:
-    if ready_file is not None:
-        # Written whole and then renamed, so a reader never sees half a port.
-        partial = ready_file.with_name(ready_file.name + ".partial")
-        partial.write_text(f"{api.port}\n")
-        partial.replace(ready_file)
-    print(f"listening on {api.base_url}", flush=True)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _argument_parser()
     args = parser.parse_args(argv)
@@ -761,25 +757,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as error:
         parser.error(str(error))
 
-    # Blocked before any thread starts, so that every thread inherits the
-    # mask and only the sigwait below receives these signals.
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        api.start()
-    except OSError as error:
-        address = f"{args.host}:{args.port}"
-        print(f"error: cannot listen on {address}: {error}", file=sys.stderr)
-        return 1
-
-    try:
-        _announce(api, args.ready_file)
-        signal.sigwait(stop_signals)
-    finally:
-        api.stop()
-        if args.ready_file is not None:
-            args.ready_file.unlink(missing_ok=True)
-    return 0
+    return serve_until_signalled(
+        api.start,
+        api.stop,
+        port=lambda: api.port,
+        url=lambda: api.base_url,
+        address=f"{args.host}:{args.port}",
+        ready_file=args.ready_file,
+    )
 
 
 if __name__ == "__main__":
