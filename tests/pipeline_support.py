@@ -109,6 +109,23 @@ def committed_total(bootstrap: str, settings: Settings, topic: str) -> int:
     return sum(max(0, offset) for offset in committed.values())
 
 
+def record_count(bootstrap: str, topic: str) -> int:
+    """Records in a one-partition topic, from its watermarks."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"watermarks-{uuid.uuid4().hex[:8]}",
+        }
+    )
+    try:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(topic, 0), timeout=WAIT_SECONDS
+        )
+    finally:
+        consumer.close()
+    return int(high - low)
+
+
 def wait_until(
     condition: Callable[[], bool], timeout_seconds: float = WAIT_SECONDS
 ) -> bool:

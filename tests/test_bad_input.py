@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import functools
 import json
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from tests.conftest import NewTopicFactory
 from tests.pipeline_support import (
@@ -31,6 +30,7 @@ from tests.pipeline_support import (
     ids_received,
     produce,
     read_topic,
+    record_count,
     running,
     wait_until,
 )
@@ -161,23 +161,6 @@ def _contract_for_ids(tmp_path: Path) -> str:
     return str(path)
 
 
-def _record_count(bootstrap: str, topic: str) -> int:
-    """Records in a one-partition topic, from its watermarks."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"watermarks-{uuid.uuid4().hex[:8]}",
-        }
-    )
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, 0), timeout=WAIT_SECONDS
-        )
-    finally:
-        consumer.close()
-    return int(high - low)
-
-
 def _bodies(api: LocalApi) -> dict[str, dict[str, Any]]:
     """The envelopes the API received, by record id."""
     bodies = (request.json() for request in api.received())
@@ -230,7 +213,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_delivered(
             f"bad-{name}".encode(),
             poison.value,
         ), name
-    assert _record_count(kafka_bootstrap, dlq) == len(POISONS)
+    assert record_count(kafka_bootstrap, dlq) == len(POISONS)
 
     bodies = _bodies(api)
     assert sorted(ids_received([r.json() for r in api.received()])) == sorted(
@@ -276,7 +259,7 @@ def _good_record_rate(
     assert sorted(ids_received([r.json() for r in api.received()])) == sorted(
         good
     )
-    assert _record_count(kafka_bootstrap, dlq) == len(poison)
+    assert record_count(kafka_bootstrap, dlq) == len(poison)
     span = api.stats()["arrival_span_seconds"]
     assert isinstance(span, float)
     return len(good) / span if span > 0 else float("inf")

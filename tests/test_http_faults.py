@@ -16,13 +16,11 @@ the API's extra receptions must match that count exactly.
 
 from __future__ import annotations
 
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 
 from tests.conftest import NewTopicFactory
 from tests.pipeline_support import (
@@ -33,6 +31,7 @@ from tests.pipeline_support import (
     committed_total,
     ids_received,
     produce,
+    record_count,
     running,
     wait_until,
 )
@@ -153,30 +152,13 @@ def _run_through(
         committed=committed_offsets(
             kafka_bootstrap, settings.kafka.group_id, topic, PARTITIONS
         ),
-        dead_letters=_record_count(kafka_bootstrap, dlq),
+        dead_letters=record_count(kafka_bootstrap, dlq),
         proxy=proxy.stats(),
     )
 
 
 def _ids(api: LocalApi) -> list[str]:
     return ids_received([request.json() for request in api.received()])
-
-
-def _record_count(bootstrap: str, topic: str) -> int:
-    """Records in a one-partition topic, from its watermarks."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"watermarks-{uuid.uuid4().hex[:8]}",
-        }
-    )
-    try:
-        low, high = consumer.get_watermark_offsets(
-            TopicPartition(topic, 0), timeout=WAIT_SECONDS
-        )
-    finally:
-        consumer.close()
-    return int(high - low)
 
 
 def _injected(proxy: FaultProxy, kind: str) -> int:
