@@ -16,6 +16,7 @@ import logging
 import re
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -57,6 +58,9 @@ _OWNED_CONSUMER_KEYS = {
 # Of the shutdown deadline, the part kept for the last commit and closing
 # the consumer, which need the broker.
 _CLOSE_RESERVE_FRACTION = 0.25
+
+# How often a stopping bridge looks whether the queued records are taken.
+_DRAIN_CHECK_SECONDS = 0.05
 
 
 class Bridge:
@@ -193,9 +197,13 @@ class Bridge:
         """Stop within the shutdown deadline; True if nothing was cut short.
 
         1. The poll thread hands out no more records, so the work left is
-           bounded by what the workers hold.
-        2. Workers finish the records they hold and exit; a record still
-           being retried when the time left for it is up is abandoned,
+           bounded by what it holds and what the lanes hold.
+        2. Workers work off the queued records, then finish the ones they
+           hold and exit. Records of one partition sit in several lanes
+           under `ordering: key`; a stop that left some of them queued
+           would commit below them although later ones were delivered,
+           and a restart would deliver those again. A record still being
+           retried when the time left for it is up is abandoned,
            uncommitted, to be delivered after a restart.
         3. The dead-letter writer flushes what the workers handed it; what
            the broker did not acknowledge in time stays uncommitted.
@@ -215,8 +223,11 @@ class Bridge:
 
         self.poller.stop_fetching()
 
+        drained = self._drain(deadline.remaining(reserve_seconds))
         self.workers.stop_taking()
-        finished = self.workers.join(deadline.remaining(reserve_seconds))
+        finished = drained and self.workers.join(
+            deadline.remaining(reserve_seconds)
+        )
         if not finished:
             log.warning("workers_abandoned_records")
             self.tracker.abandon()
@@ -241,6 +252,20 @@ class Bridge:
         clean = finished and flushed and closed
         log.info("bridge_stopped", clean=clean)
         return clean
+
+    def _drain(self, timeout_seconds: float) -> bool:
+        """Wait until the workers took every queued record; False if the
+        time ran out first."""
+        deadline = Deadline(timeout_seconds)
+        while self.poller.holding() or self.lanes.qsize():
+            if deadline.expired:
+                log.warning(
+                    "drain_timed_out",
+                    queued=self.lanes.qsize() + self.poller.holding(),
+                )
+                return False
+            time.sleep(min(_DRAIN_CHECK_SECONDS, deadline.remaining()))
+        return True
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

@@ -114,6 +114,11 @@ class Poller(threading.Thread):
         """Hand out no more records; keep polling and committing."""
         self._fetching = False
 
+    def holding(self) -> int:
+        """Records consumed but not yet in a lane; 0 once the thread ended,
+        as nothing would hand them out any more."""
+        return len(self._overflow) if self.is_alive() else 0
+
     def finish(self, timeout_seconds: float) -> bool:
         """Commit what is done, close the consumer; False if that hung."""
         self._fetching = False
