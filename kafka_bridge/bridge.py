@@ -49,6 +49,11 @@ _FETCH_QUEUE_BACKOFF_MS = 10
 
 _STATISTICS_INTERVAL_MS = 5000
 
+# librdkafka prefetches up to 64 MiB per consumer by default, which made up
+# most of the bridge's memory; 16 MiB is still seconds of records at the
+# fastest rate the bridge delivers 1 KB records.
+_QUEUED_MAX_KBYTES = 16384
+
 # The bridge stores and commits offsets itself, after delivery.
 _OWNED_CONSUMER_KEYS = {
     "enable.auto.offset.store": False,
@@ -285,6 +290,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         # the others keep flowing instead of being revoked from everyone.
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.queue.backoff.ms": _FETCH_QUEUE_BACKOFF_MS,
+        "queued.max.messages.kbytes": _QUEUED_MAX_KBYTES,
         # librdkafka's statistics carry the consumer lag per partition.
         "statistics.interval.ms": _STATISTICS_INTERVAL_MS,
         "logger": logging.getLogger("librdkafka"),
