@@ -149,8 +149,10 @@ class Bridge:
         if self._metrics_server is not None:
             self.metrics_port = self._metrics_server.start()
         metrics.QUEUE_CAPACITY.set(self.lanes.capacity)
-        metrics.QUEUE_DEPTH.set_function(self.lanes.qsize)
-        metrics.RECORDS_IN_FLIGHT.set_function(self.tracker.pending_count)
+        metrics.show(metrics.QUEUE_DEPTH, self.lanes.qsize)
+        metrics.show(metrics.RECORDS_IN_FLIGHT, self.tracker.pending_count)
+        metrics.show(metrics.PROCESS_READY, lambda: self.readiness()[0])
+        metrics.show(metrics.PROCESS_HEALTHY, lambda: self.health()[0])
 
         if self.dead_letters is not None:
             self.dead_letters.start()

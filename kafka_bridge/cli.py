@@ -39,12 +39,17 @@ CONFIG_ENV = "KAFKA_BRIDGE_CONFIG"
 DEFAULT_REPLAY_RATE_PER_SECOND = 10.0
 
 _RUN_EXAMPLE = """\
-example:
+examples:
   kafka-bridge run --config /etc/kafka-bridge/config.yaml
   KAFKA_BRIDGE_CONFIG=config.yaml kafka-bridge run
+  # one bridge process per CPU, all in the configured consumer group
+  kafka-bridge run --config config.yaml --processes auto
 
 Runs in the foreground until SIGTERM or SIGINT, then finishes the records
-in flight, commits and exits 0. A second signal exits at once.
+in flight, commits and exits 0. A second signal exits at once. With
+--processes, a supervisor passes signals on, restarts a crashed process
+after a backoff, exits 1 when one keeps crashing, and serves the metrics
+of all of them on the metrics port. See docs/processes.md.
 """
 
 _CHECK_EXAMPLE = """\
@@ -116,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         _add_config_option(command)
+        if name == "run":
+            _add_process_options(command)
         if name == "dlq-replay":
             _add_replay_options(command)
     return parser
@@ -138,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
     if args.command == "dlq-replay":
         return _replay(settings, args)
+    if args.processes > 1:
+        return _supervise(settings, args)
     return _run(settings)
 
 
@@ -166,22 +175,106 @@ def _load(path: str | None) -> Settings:
     return load_settings(path)
 
 
+def _add_process_options(command: argparse.ArgumentParser) -> None:
+    from kafka_bridge.supervisor import RestartPolicy
+
+    defaults = RestartPolicy()
+    command.add_argument(
+        "--processes", metavar="N", type=_process_count, default=1,
+        help="bridge processes to run in the consumer group: a count, or "
+        "'auto' for one per usable CPU (default: 1, no supervisor)",
+    )
+    command.add_argument(
+        "--max-restarts", metavar="N", type=_non_negative_int,
+        default=defaults.max_restarts,
+        help="with --processes: crashes in a row of one process before "
+        "the supervisor gives up and exits 1 (default: %(default)s)",
+    )
+    command.add_argument(
+        "--restart-backoff", metavar="SECONDS", type=_positive_float,
+        default=defaults.initial_backoff_seconds,
+        help="with --processes: wait before the first restart, doubled "
+        "with each crash in a row (default: %(default)s)",
+    )
+
+
+def _process_count(value: str) -> int:
+    from kafka_bridge.supervisor import process_count
+
+    try:
+        return process_count(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a count of processes; give a whole number "
+            "of at least 1, or 'auto' for one per CPU"
+        ) from None
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a whole number of at least 0"
+        )
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        number = 0.0
+    if not number > 0:
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a number of seconds above 0"
+        )
+    return number
+
+
 def _run(settings: Settings) -> int:
     # Imported here so that check-config and --help stay light.
     from kafka_bridge.bridge import Bridge
     from kafka_bridge.logs import configure_logging
+    from kafka_bridge.supervisor import supervised_settings, watch_supervisor
 
     configure_logging(settings.logging)
     log = structlog.get_logger("kafka_bridge")
     log.info("configuration", **settings.masked())
 
     try:
-        bridge = Bridge(settings)
+        bridge = Bridge(supervised_settings(settings))
     except ConfigError as error:
         sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
         return EXIT_USAGE
     _install_signal_handlers(bridge.request_stop)
+    watch_supervisor(bridge.request_stop)
     return bridge.run()
+
+
+def _supervise(settings: Settings, args: argparse.Namespace) -> int:
+    from kafka_bridge.logs import configure_logging
+    from kafka_bridge.supervisor import RestartPolicy, Supervisor
+
+    configure_logging(settings.logging)
+    structlog.get_logger("kafka_bridge").info(
+        "configuration", **settings.masked()
+    )
+    policy = RestartPolicy(
+        initial_backoff_seconds=args.restart_backoff,
+        max_restarts=args.max_restarts,
+    )
+    try:
+        supervisor = Supervisor(
+            settings, args.config, args.processes, policy=policy
+        )
+    except ConfigError as error:
+        sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
+        return EXIT_USAGE
+    _install_signal_handlers(supervisor.request_stop, exit_on_second=False)
+    return supervisor.run()
 
 
 def _add_replay_options(command: argparse.ArgumentParser) -> None:
@@ -351,12 +444,15 @@ def _stopped_by_signals(request_stop: Callable[[], None]) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _install_signal_handlers(request_stop: Callable[[], None]) -> None:
-    """First SIGTERM/SIGINT: stop cleanly. Second: exit at once."""
+def _install_signal_handlers(
+    request_stop: Callable[[], None], *, exit_on_second: bool = True
+) -> None:
+    """First SIGTERM/SIGINT: stop cleanly. Second: exit at once, or, for
+    a supervisor, `request_stop` again, which passes it on."""
     received: list[int] = []
 
     def handle(signum: int, frame: FrameType | None) -> None:
-        if received:
+        if received and exit_on_second:
             os._exit(128 + signum)
         received.append(signum)
         structlog.get_logger("kafka_bridge").info(

@@ -4,10 +4,16 @@ Metric objects live at module level, in the default registry, because the
 process runs one bridge: every part increments the same counters. Label
 values stay bounded (topic, endpoint name, status class, outcome); no key,
 offset or payload ever becomes a label.
+
+Under `--processes N` each bridge process writes its metrics to files that
+the supervisor reads and serves as one (prometheus-client's multiprocess
+mode, on when PROMETHEUS_MULTIPROC_DIR is set). Counters and histograms add
+up across processes; each gauge says how its processes' values combine.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -16,6 +22,7 @@ from typing import Any
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
+    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
@@ -24,6 +31,8 @@ from prometheus_client import (
 )
 
 from kafka_bridge.version import __version__
+
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
 
 CONSUMED = Counter(
     "kafka_bridge_messages_consumed",
@@ -85,6 +94,7 @@ BREAKER_STATE = Gauge(
     "kafka_bridge_breaker_state",
     "Circuit breaker per endpoint: 0 closed, 1 half-open, 2 open.",
     ["endpoint"],
+    multiprocess_mode="livemax",
 )
 LATE_COMPLETIONS = Counter(
     "kafka_bridge_late_completions",
@@ -93,14 +103,17 @@ LATE_COMPLETIONS = Counter(
 QUEUE_DEPTH = Gauge(
     "kafka_bridge_queue_depth",
     "Records waiting in the queue between the poll thread and the workers.",
+    multiprocess_mode="livesum",
 )
 QUEUE_CAPACITY = Gauge(
     "kafka_bridge_queue_capacity",
     "Capacity of the queue between the poll thread and the workers.",
+    multiprocess_mode="livesum",
 )
 PAUSED_PARTITIONS = Gauge(
     "kafka_bridge_paused_partitions",
     "Partitions paused because the queue is full.",
+    multiprocess_mode="livesum",
 )
 PAUSES = Counter(
     "kafka_bridge_partition_pauses",
@@ -120,17 +133,22 @@ RECORDS_IN_FLIGHT = Gauge(
     "kafka_bridge_records_in_flight",
     "Records consumed and not yet done (queued, being delivered or "
     "dead-lettered).",
+    multiprocess_mode="livesum",
 )
 CONSUMER_LAG = Gauge(
     "kafka_bridge_consumer_lag",
     "Records behind the partition's high watermark, as librdkafka last "
     "reported it (committed offset to high watermark).",
     ["topic", "partition"],
+    # A partition that moved keeps its old owner's last value in that
+    # owner's file; the newest value is the current owner's.
+    multiprocess_mode="livemostrecent",
 )
 COMMITTED_OFFSET = Gauge(
     "kafka_bridge_committed_offset",
     "The last offset committed for the partition.",
     ["topic", "partition"],
+    multiprocess_mode="livemostrecent",
 )
 ATTEMPT_SECONDS = Histogram(
     "kafka_bridge_delivery_attempt_seconds",
@@ -149,8 +167,41 @@ TRANSFORM_SECONDS = Histogram(
     "Time to transform one record (and check its contract).",
     buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1),
 )
+PROCESS_READY = Gauge(
+    "kafka_bridge_process_ready",
+    "1 while this bridge process is ready (as /readyz), else 0.",
+    multiprocess_mode="liveall",
+)
+PROCESS_HEALTHY = Gauge(
+    "kafka_bridge_process_healthy",
+    "1 while every thread of this bridge process runs (as /healthz).",
+    multiprocess_mode="liveall",
+)
+# In multiprocess mode an Info is not written to the shared files; the
+# supervisor, whose version this is too, shows it instead.
 BUILD = Info("kafka_bridge_build", "Version of the running bridge.")
 BUILD.info({"version": __version__})
+
+_sampled: list[tuple[Gauge, Callable[[], float]]] = []
+
+
+def show(gauge: Gauge, read: Callable[[], float]) -> None:
+    """Have `gauge` show what `read` returns.
+
+    In one process the value is read when scraped. In multiprocess mode a
+    scrape reads the processes' files, so the value is written there by
+    `sample_shown`, which the bridge process calls every second.
+    """
+    if MULTIPROCESS:
+        _sampled.append((gauge, read))
+    else:
+        gauge.set_function(read)
+
+
+def sample_shown() -> None:
+    """Write the current value of every gauge given to `show`."""
+    for gauge, read in _sampled:
+        gauge.set(read())
 
 
 def status_class(status: int | None) -> str:
@@ -175,9 +226,12 @@ class MetricsServer:
         *,
         healthy: HealthCheck,
         ready: HealthCheck,
+        registry: CollectorRegistry = REGISTRY,
     ) -> None:
         self._server = _Server(
-            (host, port), {"/healthz": healthy, "/readyz": ready}
+            (host, port),
+            {"/healthz": healthy, "/readyz": ready},
+            registry,
         )
         self._thread = threading.Thread(
             target=self._server.serve_forever,
@@ -206,10 +260,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], checks: dict[str, HealthCheck]
+        self,
+        address: tuple[str, int],
+        checks: dict[str, HealthCheck],
+        registry: CollectorRegistry,
     ) -> None:
         super().__init__(address, _Handler)
         self.checks = checks
+        self.registry = registry
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -219,7 +277,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/metrics":
-            self._answer(200, generate_latest(REGISTRY), CONTENT_TYPE_LATEST)
+            body = generate_latest(self.server.registry)
+            self._answer(200, body, CONTENT_TYPE_LATEST)
             return
         check = self.server.checks.get(path)
         if check is None:

@@ -342,16 +342,22 @@ class Poller(threading.Thread):
         log.warning("partitions_lost", partitions=_names(partitions))
 
     def _unassign(self, keys: list[TopicPartitionKey]) -> None:
-        for topic, partition in keys:
-            # Another member reports these partitions from now on.
-            for gauge in (metrics.CONSUMER_LAG, metrics.COMMITTED_OFFSET):
-                with contextlib.suppress(KeyError):
-                    gauge.remove(topic, str(partition))
+        # Another member reports these partitions from now on. In
+        # multiprocess mode a series cannot be removed; the newest value,
+        # the new owner's, is the one shown.
+        if not metrics.MULTIPROCESS:
+            self._forget_partition_gauges(keys)
         self._assigned = [
             tp for tp in self._assigned if (tp.topic, tp.partition) not in keys
         ]
         if not self._assigned:
             self._paused = False
+
+    def _forget_partition_gauges(self, keys: list[TopicPartitionKey]) -> None:
+        for topic, partition in keys:
+            for gauge in (metrics.CONSUMER_LAG, metrics.COMMITTED_OFFSET):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(topic, str(partition))
 
     def _drop_overflow(self, keys: list[TopicPartitionKey]) -> None:
         self._overflow = deque(

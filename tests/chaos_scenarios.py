@@ -100,6 +100,7 @@ _TOPIC_DELETE_TIMEOUT_SECONDS = 10.0
 _METRICS_TIMEOUT_SECONDS = 5.0
 _LOG_TAIL_LINES = 15
 _MIB = 1024 * 1024
+_METRICS_BOUND_EVENTS = ("bridge_started", "supervisor_started")
 _LEFT_GROUP_EVENTS = ("partitions_revoked", "partitions_lost")
 # What the bridge logs when the shutdown deadline cut a step short.
 _CUT_SHORT_EVENTS = (
@@ -168,16 +169,22 @@ class ScenarioResult:
 
 
 class BridgeProcess:
-    """One `kafka-bridge run` process, with its JSON log and its metrics."""
+    """One `kafka-bridge run` process, with its JSON log and its metrics.
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    With `--processes` among `options` it is the supervisor, and the log
+    holds its bridge processes' events too.
+    """
+
+    def __init__(
+        self, config: Path, log_path: Path, options: Sequence[str] = ()
+    ) -> None:
         self.log_path = log_path
         self._events: list[dict[str, Any]] = []
         self._read_bytes = 0
         with log_path.open("wb") as log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "kafka_bridge.cli", "run",
-                 "--config", str(config)],
+                 "--config", str(config), *options],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -224,27 +231,40 @@ class BridgeProcess:
             give_up=lambda: not self.running(),
         )
 
-    def metrics(self) -> dict[str, float]:
-        """Its /metrics, each sample name summed over its labels."""
+    @property
+    def metrics_url(self) -> str | None:
+        """Where its metrics server listens, once it has said so."""
         port = next(
             (
                 event.get("metrics_port")
                 for event in self.events()
-                if event.get("event") == "bridge_started"
+                if event.get("event") in _METRICS_BOUND_EVENTS
             ),
             None,
         )
-        if not isinstance(port, int):
+        return f"http://127.0.0.1:{port}" if isinstance(port, int) else None
+
+    def metrics(self) -> dict[str, float]:
+        """Its /metrics, each sample name summed over its labels."""
+        url = self.metrics_url
+        if url is None:
             return {}
         response = requests.get(
-            f"http://127.0.0.1:{port}/metrics",
-            timeout=_METRICS_TIMEOUT_SECONDS,
+            f"{url}/metrics", timeout=_METRICS_TIMEOUT_SECONDS
         )
         totals: defaultdict[str, float] = defaultdict(float)
         for family in text_string_to_metric_families(response.text):
             for sample in family.samples:
                 totals[sample.name] += sample.value
         return dict(totals)
+
+    def children(self) -> list[int]:
+        """The PIDs of its child processes (a supervisor's bridges)."""
+        path = Path(f"/proc/{self.pid}/task/{self.pid}/children")
+        try:
+            return [int(pid) for pid in path.read_text().split()]
+        except OSError:
+            return []
 
     def rss_bytes(self) -> int | None:
         """Resident memory, from /proc; None where there is none."""
@@ -292,10 +312,10 @@ class Fleet:
         self._work_dir = work_dir
         self.members: list[BridgeProcess] = []
 
-    def start(self) -> BridgeProcess:
+    def start(self, options: Sequence[str] = ()) -> BridgeProcess:
         index = len(self.members)
         bridge = BridgeProcess(
-            self._config, self._work_dir / f"bridge-{index}.log"
+            self._config, self._work_dir / f"bridge-{index}.log", options
         )
         self.members.append(bridge)
         return bridge
@@ -624,6 +644,77 @@ def sigkill_restarts(
         return stage.result(verdict, kills=kills, duplicate_bound=bound)
 
 
+def sigkill_process_restarts(
+    bootstrap: str,
+    work_dir: Path,
+    *,
+    records: int = 600,
+    kills: int = 2,
+    processes: int = 2,
+    seed: int = 3,
+) -> ScenarioResult:
+    """Under `--processes`, SIGKILL one bridge process at random moments:
+    the supervisor starts it again, nothing is missing, and duplicates stay
+    within one in-flight window per kill."""
+    rng = random.Random(seed)
+    with _stage(bootstrap, work_dir, "sigkill-process", partitions=4) as stage:
+        stage.api.respond_with(200, delay_seconds=IN_FLIGHT_DELAY_SECONDS)
+        stage.produce_all(records)
+        fleet = stage.configure()
+        supervisor = fleet.start(_supervised(processes))
+        share = records // (2 * (kills + 1))
+
+        for kill in range(kills):
+            target = stage.random_progress(rng, max(1, share // 4), share)
+            stage.wait_for_requests(target, supervisor)
+            _kill_one_process(stage, supervisor, rng, processes + kill)
+
+        verdict = stage.verdict()
+        restarts = supervisor.metrics().get(
+            "kafka_bridge_process_restarts_total", 0.0
+        )
+        if restarts != kills:
+            stage.problem(f"{restarts:.0f} restarts after {kills} kills")
+        stage.stop(supervisor)
+        bound = kills * in_flight_window(stage.pipeline)
+        return stage.result(
+            verdict, kills=kills, duplicate_bound=bound,
+            figures={"restarts": restarts},
+        )
+
+
+def _supervised(processes: int) -> list[str]:
+    """Options for a supervisor that restarts a killed process soon."""
+    return ["--processes", str(processes), "--restart-backoff", "0.2"]
+
+
+def _kill_one_process(
+    stage: _Stage,
+    supervisor: BridgeProcess,
+    rng: random.Random,
+    started_before: int,
+) -> None:
+    """SIGKILL one of the supervisor's bridges; wait for its successor."""
+    children = supervisor.children()
+    if not children:
+        stage.problem("the supervisor had no bridge processes", supervisor)
+        return
+    os.kill(rng.choice(children), signal.SIGKILL)
+
+    def restarted() -> bool:
+        started = [
+            event for event in supervisor.events()
+            if event.get("event") == "process_started"
+        ]
+        return len(started) > started_before
+
+    restarted_in_time = _wait_for(
+        restarted, WAIT_SECONDS, give_up=lambda: not supervisor.running()
+    )
+    if not restarted_in_time:
+        stage.problem("the killed process was not started again", supervisor)
+
+
 def sigterm_under_load(
     bootstrap: str,
     work_dir: Path,
@@ -631,6 +722,7 @@ def sigterm_under_load(
     rate_per_second: float = 200.0,
     stops: int = 3,
     ordering: str = "key",
+    processes: int = 1,
     seed: int = 2,
 ) -> ScenarioResult:
     """SIGTERM at random moments while records keep coming: nothing
@@ -639,18 +731,23 @@ def sigterm_under_load(
     With `key` or `none`, a partition's records are spread over several
     lanes, so a stop that left some queued would commit below them while
     later ones were delivered; the bridge works off its queue before it
-    stops, and no ordering is allowed a duplicate.
+    stops, and no ordering is allowed a duplicate. With `processes` above
+    1, the signal goes to the supervisor, which passes it on.
     """
     rng = random.Random(seed)
     pause = threading.Event()
     name = f"sigterm-{ordering}"
+    options: list[str] = []
+    if processes > 1:
+        name += f"-x{processes}"
+        options = _supervised(processes)
     with _stage(bootstrap, work_dir, name, partitions=8) as stage:
         stage.api.respond_with(200, delay_seconds=IN_FLIGHT_DELAY_SECONDS)
         fleet = stage.configure(pipeline={"ordering": ordering})
 
         with SteadyLoad(stage.producer, rate_per_second) as load:
             for _ in range(stops):
-                bridge = fleet.start()
+                bridge = fleet.start(options)
                 if bridge.wait_for_event("partitions_assigned", WAIT_SECONDS):
                     pause.wait(rng.uniform(0.5, 2.5))
                 else:
@@ -659,7 +756,7 @@ def sigterm_under_load(
         if load.failure is not None:
             stage.problem(f"producing failed: {load.failure!r}")
 
-        final = fleet.start()
+        final = fleet.start(options)
         verdict = stage.verdict()
         stage.stop(final)
         return stage.result(verdict, kills=stops, duplicate_bound=0)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -197,3 +198,64 @@ def test_a_property_librdkafka_refuses_exits_2_naming_it(
     error = capsys.readouterr().err
     assert f"kafka.{section}.fetch.wiat.max.ms" in error
     assert "Traceback" not in error
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        (["--processes", "0"], "--processes"),
+        (["--processes", "every"], "--processes"),
+        (["--max-restarts", "-2"], "--max-restarts"),
+        (["--restart-backoff", "0"], "--restart-backoff"),
+    ],
+)
+def test_a_bad_process_option_exits_2_naming_it_and_what_it_takes(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    options: list[str],
+    named: str,
+) -> None:
+    config = str(_config(tmp_path, _valid_yaml()))
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--config", config, *options])
+
+    error = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert named in error
+    assert options[1] in error
+
+
+def test_a_bad_configuration_exits_2_before_any_process_starts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = _valid_yaml().replace("primary_url: http", "primary_url: ftp")
+
+    code = main(["run", "--config", str(_config(tmp_path, text)),
+                 "--processes", "2"])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert "api.primary_url" in error
+    assert "process_started" not in error
+
+
+def test_a_metrics_port_in_use_stops_the_supervisor_with_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        text = _valid_yaml().replace(
+            "  enabled: false\n",
+            f"  enabled: true\n  host: 127.0.0.1\n  port: {port}\n",
+        )
+
+        code = main(["run", "--config", str(_config(tmp_path, text)),
+                     "--processes", "2"])
+
+    error = capsys.readouterr().err
+    assert code == 2
+    assert f"127.0.0.1:{port}" in error
+    assert "process_started" not in error

@@ -36,6 +36,7 @@ from tests.chaos_scenarios import (  # noqa: E402  (needs the path above)
     bad_configurations,
     broker_outage,
     group_churn,
+    sigkill_process_restarts,
     sigkill_restarts,
     sigterm_under_load,
     sigterm_with_broker_down,
@@ -60,6 +61,14 @@ SCENARIOS: dict[str, Scenario] = {
     "sigterm-key": lambda broker, work, args: sigterm_under_load(
         broker.bootstrap_servers, work, rate_per_second=args.rate,
         stops=args.stops, ordering="key", seed=args.seed,
+    ),
+    "sigkill-process": lambda broker, work, args: sigkill_process_restarts(
+        broker.bootstrap_servers, work,
+        records=args.records, kills=args.kills, seed=args.seed,
+    ),
+    "sigterm-partition-x2": lambda broker, work, args: sigterm_under_load(
+        broker.bootstrap_servers, work, rate_per_second=args.rate,
+        stops=args.stops, ordering="partition", processes=2, seed=args.seed,
     ),
     "broker-down": lambda broker, work, args: sigterm_with_broker_down(
         broker, work, records=args.records, seed=args.seed,
@@ -199,10 +208,10 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--records", type=_positive, default=5000,
-        help="records produced up front (sigkill, broker-down)",
+        help="records produced up front (sigkill, sigkill-process, broker-down)",
     )
     parser.add_argument("--kills", type=_positive, default=5,
-                        help="SIGKILLs in the sigkill scenario")
+                        help="SIGKILLs in the sigkill scenarios")
     parser.add_argument("--stops", type=_positive, default=5,
                         help="SIGTERMs in the sigterm scenarios")
     parser.add_argument(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from kafka_bridge.records import Record
@@ -28,3 +29,8 @@ def explode(record: Record) -> Any:
 def not_json(record: Record) -> Any:
     """Returns something JSON cannot encode."""
     return {1, 2}
+
+
+def exit_process(record: Record) -> Any:
+    """Ends its process at once, as a crash in native code would."""
+    os._exit(3)
