@@ -24,7 +24,10 @@ class PartitionProgress:
 
     `abandoned` is set when the partition is revoked or the bridge shuts
     down: a worker retrying one of its records waits on it, so it gives up
-    at once instead of after its backoff.
+    at once instead of after its backoff. `released` counts pending records
+    that will not be finished here (dropped, or released by a worker
+    without being done): they hold the commit back, but nothing is left
+    to wait for.
     """
 
     key: TopicPartitionKey
@@ -33,6 +36,7 @@ class PartitionProgress:
     next_offset: int | None = None
     committed_offset: int | None = None
     active: int = 0
+    released: int = 0
     abandoned: threading.Event = field(default_factory=threading.Event)
 
     def advance(self) -> None:
@@ -104,6 +108,8 @@ class OffsetTracker:
             if done:
                 progress.finished.add(offset)
                 progress.advance()
+            else:
+                progress.released += 1
             if progress.active == 0:
                 self._idle.notify_all()
             return self._partitions.get(progress.key) is progress
@@ -147,6 +153,24 @@ class OffsetTracker:
                 if progress is not None:
                     progress.committed_offset = None
 
+    def release(self, key: TopicPartitionKey, count: int) -> None:
+        """Note `count` tracked records of a partition that will not be
+        handed to a worker (the poll thread dropped them)."""
+        with self._lock:
+            progress = self._partitions.get(key)
+            if progress is not None:
+                progress.released += count
+
+    def wait_settled(
+        self, keys: list[TopicPartitionKey], timeout_seconds: float
+    ) -> bool:
+        """Wait until every record of these partitions handed to the
+        workers is finished or released; False if the time ran out."""
+        with self._lock:
+            return self._idle.wait_for(
+                lambda: self._unsettled(keys) == 0, timeout=timeout_seconds
+            )
+
     def abandon(self, keys: list[TopicPartitionKey] | None = None) -> None:
         """Stop delivery of these partitions' records (all when None)."""
         with self._lock:
@@ -184,4 +208,13 @@ class OffsetTracker:
             progress.active
             for key, progress in self._partitions.items()
             if keys is None or key in keys
+        )
+
+    def _unsettled(self, keys: list[TopicPartitionKey]) -> int:
+        return sum(
+            progress.active
+            + len(progress.pending) - len(progress.finished)
+            - progress.released
+            for key, progress in self._partitions.items()
+            if key in keys
         )

@@ -18,7 +18,7 @@ import logging
 import queue
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +31,7 @@ from confluent_kafka import (
 )
 
 from kafka_bridge import metrics
+from kafka_bridge.deadline import Deadline
 from kafka_bridge.lanes import Lanes
 from kafka_bridge.offsets import OffsetTracker, TopicPartitionKey
 from kafka_bridge.records import Record
@@ -312,14 +313,24 @@ class Poller(threading.Thread):
     ) -> None:
         """Finish or abandon the partitions' records, then commit them.
 
-        Queued records of these partitions are skipped by the workers;
-        records being delivered get until the revoke timeout, then they
-        are abandoned uncommitted, to be delivered again by the new owner.
+        With `ordering: partition` a partition's records wait in one lane
+        in offset order: skipping the queued ones commits below them and
+        above everything delivered, so they are skipped, and the new owner
+        delivers them. With `key` or `none` they sit in several lanes, and
+        later ones may be delivered before earlier ones: skipping would
+        commit below records already delivered, and the new owner would
+        deliver those again. So the workers finish them first.
+
+        Either way, what is still being delivered when the revoke timeout
+        is up is abandoned uncommitted, for the new owner to deliver.
         """
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        deadline = Deadline(self._revoke_timeout_seconds)
         self._drop_overflow(keys)
+        if self._lanes.ordering != "partition":
+            self._tracker.wait_settled(keys, deadline.remaining())
         self._tracker.abandon(keys)
-        if not self._tracker.wait_idle(keys, self._revoke_timeout_seconds):
+        if not self._tracker.wait_idle(keys, deadline.remaining()):
             log.warning(
                 "revoke_abandoned_records", partitions=_names(partitions)
             )
@@ -360,11 +371,19 @@ class Poller(threading.Thread):
                     gauge.remove(topic, str(partition))
 
     def _drop_overflow(self, keys: list[TopicPartitionKey]) -> None:
-        self._overflow = deque(
-            record
-            for record in self._overflow
-            if (record.topic, record.partition) not in keys
-        )
+        """Forget the held-back records of these partitions: the next
+        owner reads them again."""
+        kept: deque[Record] = deque()
+        dropped: Counter[TopicPartitionKey] = Counter()
+        for record in self._overflow:
+            key = (record.topic, record.partition)
+            if key in keys:
+                dropped[key] += 1
+            else:
+                kept.append(record)
+        self._overflow = kept
+        for key, count in dropped.items():
+            self._tracker.release(key, count)
 
     # -- closing --------------------------------------------------------
 

@@ -178,3 +178,49 @@ def test_positions_include_offsets_already_committed() -> None:
 
     assert tracker.committable() == {}
     assert tracker.positions() == {(TOPIC, 0): 1}
+
+
+def test_a_partition_is_settled_once_every_record_handed_out_is_finished(
+) -> None:
+    tracker = _tracked([0, 1, 2])
+    key = (TOPIC, 0)
+    _finish(tracker, 0)
+    _finish(tracker, 2)
+
+    waiting = tracker.wait_settled([key], timeout_seconds=0)
+    finisher = threading.Timer(0.05, _finish, (tracker, 1))
+    finisher.start()
+    settled = tracker.wait_settled([key], timeout_seconds=10)
+    finisher.join()
+
+    assert not waiting
+    assert settled
+    assert tracker.committable() == {key: 3}
+
+
+def test_released_records_leave_nothing_to_wait_for() -> None:
+    """A record dropped by the poll thread, or one a worker let go
+    without delivering it, holds the commit but is not waited for."""
+    tracker = _tracked([0, 1, 2])
+    key = (TOPIC, 0)
+    _finish(tracker, 0, done=False)
+    _finish(tracker, 1)
+    tracker.release(key, 1)
+
+    settled = tracker.wait_settled([key], timeout_seconds=0)
+
+    assert settled
+    assert tracker.committable() == {key: 0}
+
+
+def test_only_the_named_partitions_are_waited_for() -> None:
+    tracker = _tracked([0])
+    tracker.track(TOPIC, 1, 0)
+    claim = tracker.begin(TOPIC, 1)
+    assert claim is not None
+    tracker.finish(claim, 0, done=True)
+
+    settled = tracker.wait_settled([(TOPIC, 1)], timeout_seconds=0)
+
+    assert settled
+    assert not tracker.wait_settled([(TOPIC, 0)], timeout_seconds=0)

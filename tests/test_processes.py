@@ -154,13 +154,12 @@ def test_a_killed_process_is_started_again_and_nothing_is_lost(
 def test_sigterm_to_the_supervisor_under_load_loses_and_repeats_nothing(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """Per-partition ordering: the processes' own rebalances (a second
-    process joining, one leaving first at a stop) repeat nothing. Under
-    `key` ordering they take the group-churn path, which may repeat a few
-    records (docs/reliability.md)."""
+    """The processes' own rebalances (a second one joining, one leaving
+    before the other at a stop) repeat nothing either, in the default
+    `key` ordering."""
     result = sigterm_under_load(
         kafka_bootstrap, tmp_path, rate_per_second=150, stops=2,
-        ordering="partition", processes=2,
+        ordering="key", processes=2,
     )
 
     assert result.passed, result.problems

@@ -66,9 +66,9 @@ SCENARIOS: dict[str, Scenario] = {
         broker.bootstrap_servers, work,
         records=args.records, kills=args.kills, seed=args.seed,
     ),
-    "sigterm-partition-x2": lambda broker, work, args: sigterm_under_load(
+    "sigterm-key-x2": lambda broker, work, args: sigterm_under_load(
         broker.bootstrap_servers, work, rate_per_second=args.rate,
-        stops=args.stops, ordering="partition", processes=2, seed=args.seed,
+        stops=args.stops, ordering="key", processes=2, seed=args.seed,
     ),
     "broker-down": lambda broker, work, args: sigterm_with_broker_down(
         broker, work, records=args.records, seed=args.seed,
