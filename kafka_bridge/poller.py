@@ -38,6 +38,13 @@ from kafka_bridge.records import Record
 
 log = structlog.get_logger(__name__)
 
+_REBALANCE_ERRORS = (
+    KafkaError.REBALANCE_IN_PROGRESS,
+    KafkaError.ILLEGAL_GENERATION,
+)
+_COMMIT_RETRY_FRACTION = 0.5
+_COMMIT_RETRY_POLL_SECONDS = 0.1
+
 
 class Poller(threading.Thread):
     """Owns the consumer: consume, hand off, pause, resume, commit, close.
@@ -86,6 +93,7 @@ class Poller(threading.Thread):
         self._fetching = True
         self._closing = threading.Event()
         self._closed = threading.Event()
+        self._retry_commits_until = Deadline(0)
         self.assigned = threading.Event()
         self.failure: BaseException | None = None
 
@@ -121,7 +129,14 @@ class Poller(threading.Thread):
         return len(self._overflow) if self.is_alive() else 0
 
     def finish(self, timeout_seconds: float) -> bool:
-        """Commit what is done, close the consumer; False if that hung."""
+        """Commit what is done, close the consumer; False if that hung.
+
+        A last commit refused because the group is rebalancing is tried
+        again for up to half the time, the rest being kept for the close.
+        """
+        self._retry_commits_until = Deadline(
+            timeout_seconds * _COMMIT_RETRY_FRACTION
+        )
         self._fetching = False
         self._closing.set()
         return self._closed.wait(timeout_seconds)
@@ -204,22 +219,26 @@ class Poller(threading.Thread):
 
     # -- commits --------------------------------------------------------
 
-    def _commit(self, *, asynchronous: bool) -> None:
+    def _commit(self, *, asynchronous: bool) -> KafkaError | None:
         """Asynchronously, what moved since the last commit; synchronously
         (before partitions go), every position, in case an asynchronous
-        commit still under way fails after the partitions are forgotten."""
+        commit still under way fails after the partitions are forgotten.
+
+        Returns the error of a synchronous commit that failed.
+        """
         offsets = (
             self._tracker.committable()
             if asynchronous
             else self._tracker.positions()
         )
         if not offsets:
-            return
+            return None
 
         partitions = [
             TopicPartition(topic, partition, offset)
             for (topic, partition), offset in offsets.items()
         ]
+        error: KafkaError | None = None
         try:
             self._consumer.store_offsets(offsets=partitions)
             if asynchronous:
@@ -228,21 +247,22 @@ class Poller(threading.Thread):
                 result = self._consumer.commit(
                     offsets=partitions, asynchronous=False
                 )
-                self._check_sync_commit(result, offsets)
-        except KafkaException as error:
+                error = self._check_sync_commit(result, offsets)
+        except KafkaException as exception:
             metrics.COMMITS.labels("failure").inc()
-            log.warning("commit_failed", error=str(error))
-            return
+            log.warning("commit_failed", error=str(exception))
+            return exception.args[0] if exception.args else None
 
         # An asynchronous commit is reported to on_commit; marking it
         # now only avoids sending the same offsets again every turn.
         self._tracker.mark_committed(offsets)
+        return error
 
     def _check_sync_commit(
         self,
         result: list[TopicPartition],
         offsets: dict[TopicPartitionKey, int],
-    ) -> None:
+    ) -> KafkaError | None:
         failed = [tp for tp in result if tp.error is not None]
         for tp in failed:
             offsets.pop((tp.topic, tp.partition), None)
@@ -253,6 +273,7 @@ class Poller(threading.Thread):
                 error=str(tp.error),
             )
         metrics.COMMITS.labels("failure" if failed else "success").inc()
+        return failed[0].error if failed else None
 
     def _on_commit(
         self, error: KafkaError | None, partitions: list[TopicPartition]
@@ -388,13 +409,32 @@ class Poller(threading.Thread):
     # -- closing --------------------------------------------------------
 
     def _close_consumer(self) -> None:
-        self._commit(asynchronous=False)
+        """Commit what is done, then leave the group.
+
+        Members that stop together, as the processes of one supervisor do,
+        leave one after the other: each leaving starts a rebalance, and the
+        broker refuses the others' commits until it is over. Polling lets
+        the rebalance finish (records fetched meanwhile are not handed
+        out); the commit is then accepted in the new generation.
+        """
+        error = self._commit(asynchronous=False)
+        while _rebalancing(error) and not self._retry_commits_until.expired:
+            self._consumer.consume(
+                num_messages=self._batch_size,
+                timeout=_COMMIT_RETRY_POLL_SECONDS,
+            )
+            error = self._commit(asynchronous=False)
         started = time.monotonic()
         self._consumer.close()
         log.info(
             "consumer_closed",
             seconds=round(time.monotonic() - started, 3),
         )
+
+
+def _rebalancing(error: KafkaError | None) -> bool:
+    """The group moved on while the commit was made: worth another try."""
+    return error is not None and error.code() in _REBALANCE_ERRORS
 
 
 def _names(partitions: list[TopicPartition]) -> list[str]:
