@@ -44,7 +44,7 @@ demo: $(STAMP)  ## Run the bridge end to end on a local Kafka and a local API.
 	$(BIN)/python tools/demo.py
 
 .PHONY: bench
-bench: $(STAMP)  ## Measure the bridge against the raw consume and POST ceilings.
+bench: $(STAMP)  ## Measure the bridge per delivery mode, process count and API speed.
 	$(BIN)/python tools/bench.py $(BENCH_ARGS)
 	$(BIN)/python tools/bench_instrumentation.py
 

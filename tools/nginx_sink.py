@@ -49,6 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from tools.local_kafka import find_free_ports  # noqa: E402
+from tools.procfs import children_of  # noqa: E402
 
 LOOPBACK_HOST = "127.0.0.1"
 INGEST_PATH = "/ingest"
@@ -188,7 +189,7 @@ class NginxSink:
         master = self.pid
         if master is None:
             return []
-        return [master, *_children_of(master)]
+        return [master, *children_of(master)]
 
     def start(self) -> str:
         """Start nginx, wait until it accepts connections; return the URL."""
@@ -219,7 +220,7 @@ class NginxSink:
         if process is None:
             return
 
-        workers = _children_of(process.pid)
+        workers = children_of(process.pid)
         with contextlib.suppress(ProcessLookupError):
             process.send_signal(signal.SIGQUIT)
         try:
@@ -387,17 +388,6 @@ def _accepts_connections(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _children_of(pid: int) -> list[int]:
-    """PIDs whose parent is pid: the master's workers, read from /proc."""
-    children = []
-    for stat_path in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat_path.read_text().rpartition(")")[2].split()
-            if int(fields[1]) == pid:
-                children.append(int(stat_path.parent.name))
-    return children
 
 
 def _kill(process: subprocess.Popen[bytes], workers: list[int]) -> None:
