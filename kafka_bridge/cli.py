@@ -238,9 +238,13 @@ def _run(settings: Settings) -> int:
     # Imported here so that check-config and --help stay light.
     from kafka_bridge.bridge import Bridge
     from kafka_bridge.logs import configure_logging
-    from kafka_bridge.supervisor import supervised_settings, watch_supervisor
+    from kafka_bridge.supervisor import (
+        process_fields,
+        supervised_settings,
+        watch_supervisor,
+    )
 
-    configure_logging(settings.logging)
+    configure_logging(settings.logging, fields=process_fields())
     log = structlog.get_logger("kafka_bridge")
     log.info("configuration", **settings.masked())
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TextIO
 
 import structlog
-from structlog.typing import Processor
+from structlog.typing import EventDict, Processor
 
 from kafka_bridge.config import LoggingSettings
 
@@ -33,16 +33,24 @@ _SHARED: list[Processor] = [
 
 
 def configure_logging(
-    settings: LoggingSettings, stream: TextIO | None = None
+    settings: LoggingSettings,
+    stream: TextIO | None = None,
+    *,
+    fields: Mapping[str, object] | None = None,
 ) -> None:
-    """Set the level and renderer for structlog and the stdlib alike."""
+    """Set the level and renderer for structlog and the stdlib alike.
+
+    `fields` go into every event, from every thread: the process index of
+    a bridge under a supervisor, whose log shares a stream with others.
+    """
     stream = stream or sys.stderr
     level = logging.getLevelName(settings.level)
+    shared = [*_SHARED, _adding(fields)] if fields else _SHARED
 
     handler = logging.StreamHandler(stream)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=_SHARED,
+            foreign_pre_chain=shared,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 *_exception_renderer(settings, stream),
@@ -59,7 +67,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,
-            *_SHARED,
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],
@@ -67,6 +75,17 @@ def configure_logging(
         wrapper_class=structlog.stdlib.BoundLogger,
         cache_logger_on_first_use=True,
     )
+
+
+def _adding(fields: Mapping[str, object]) -> Processor:
+    def add_fields(
+        logger: object, method: str, event: EventDict
+    ) -> EventDict:
+        for name, value in fields.items():
+            event.setdefault(name, value)
+        return event
+
+    return add_fields
 
 
 class RepeatFilter(logging.Filter):

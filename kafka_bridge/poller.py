@@ -147,14 +147,30 @@ class Poller(threading.Thread):
         self._hand_off_overflow()
         self._pause_or_resume()
 
-        messages = self._consumer.consume(
-            num_messages=self._batch_size,
-            timeout=self._poll_timeout_seconds,
-        )
-        for message in messages:
+        for message in self._next_messages():
             self._accept(message)
 
         self._commit(asynchronous=True)
+
+    def _next_messages(self) -> list[Any]:
+        """Up to a batch of messages, without waiting for the batch to fill.
+
+        `consume()` waits until it has the whole batch or the timeout is
+        up, so at a low rate every record waited most of the timeout.
+        Instead: wait for one message, then take whatever else librdkafka
+        already holds, up to the batch, without waiting.
+        """
+        first = self._consumer.poll(self._poll_timeout_seconds)
+        if first is None:
+            return []
+        if self._batch_size == 1:
+            return [first]
+        return [
+            first,
+            *self._consumer.consume(
+                num_messages=self._batch_size - 1, timeout=0
+            ),
+        ]
 
     def _accept(self, message: Any) -> None:
         error = message.error()

@@ -413,6 +413,15 @@ def watch_supervisor(
     return thread
 
 
+def process_fields() -> dict[str, object]:
+    """What each log event of a supervised bridge carries: which of the
+    supervisor's processes logged it. Empty when not supervised."""
+    index = os.environ.get(PROCESS_INDEX_ENV)
+    if os.environ.get(SUPERVISOR_PID_ENV) is None or index is None:
+        return {}
+    return {"process": int(index), "pid": os.getpid()}
+
+
 def supervised_settings(settings: Settings) -> Settings:
     """A supervised process's settings: the supervisor serves the metrics
     port for all of them, so the process does not bind it."""

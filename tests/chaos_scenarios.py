@@ -648,26 +648,35 @@ def sigkill_process_restarts(
     bootstrap: str,
     work_dir: Path,
     *,
-    records: int = 600,
+    rate_per_second: float = 200.0,
     kills: int = 2,
     processes: int = 2,
     seed: int = 3,
 ) -> ScenarioResult:
-    """Under `--processes`, SIGKILL one bridge process at random moments:
-    the supervisor starts it again, nothing is missing, and duplicates stay
-    within one in-flight window per kill."""
+    """Under `--processes`, SIGKILL one bridge process at random moments
+    under steady load: the supervisor starts it again, nothing is missing,
+    and duplicates stay within one in-flight window per kill.
+
+    The next kill waits until the successor holds partitions: the group
+    takes a killed member's partitions away only after its session timeout,
+    and kills faster than that keep the group rebalancing, when no member
+    can commit (a case for group churn, not for a crash now and then).
+    """
     rng = random.Random(seed)
+    pause = threading.Event()
     with _stage(bootstrap, work_dir, "sigkill-process", partitions=4) as stage:
         stage.api.respond_with(200, delay_seconds=IN_FLIGHT_DELAY_SECONDS)
-        stage.produce_all(records)
         fleet = stage.configure()
-        supervisor = fleet.start(_supervised(processes))
-        share = records // (2 * (kills + 1))
 
-        for kill in range(kills):
-            target = stage.random_progress(rng, max(1, share // 4), share)
-            stage.wait_for_requests(target, supervisor)
-            _kill_one_process(stage, supervisor, rng, processes + kill)
+        with SteadyLoad(stage.producer, rate_per_second) as load:
+            supervisor = fleet.start(_supervised(processes))
+            if not _wait_for_assignments(supervisor, processes):
+                stage.problem("never assigned", supervisor)
+            for kill in range(kills):
+                pause.wait(rng.uniform(0.5, 2.5))
+                _kill_one_process(stage, supervisor, rng, processes + kill)
+        if load.failure is not None:
+            stage.problem(f"producing failed: {load.failure!r}")
 
         verdict = stage.verdict()
         restarts = supervisor.metrics().get(
@@ -694,25 +703,40 @@ def _kill_one_process(
     rng: random.Random,
     started_before: int,
 ) -> None:
-    """SIGKILL one of the supervisor's bridges; wait for its successor."""
+    """SIGKILL one of the supervisor's bridges; wait until its successor
+    holds partitions, so that each kill meets a settled group."""
     children = supervisor.children()
     if not children:
         stage.problem("the supervisor had no bridge processes", supervisor)
         return
     os.kill(rng.choice(children), signal.SIGKILL)
 
-    def restarted() -> bool:
+    def successor() -> int | None:
         started = [
-            event for event in supervisor.events()
+            event["pid"] for event in supervisor.events()
             if event.get("event") == "process_started"
         ]
-        return len(started) > started_before
+        return started[-1] if len(started) > started_before else None
 
-    restarted_in_time = _wait_for(
-        restarted, WAIT_SECONDS, give_up=lambda: not supervisor.running()
+    def successor_assigned() -> bool:
+        pid = successor()
+        return pid is not None and any(
+            event.get("event") == "partitions_assigned"
+            and event.get("pid") == pid
+            and event.get("partitions")
+            for event in supervisor.events()
+        )
+
+    settled = _wait_for(
+        successor_assigned, WAIT_SECONDS,
+        give_up=lambda: not supervisor.running(),
     )
-    if not restarted_in_time:
-        stage.problem("the killed process was not started again", supervisor)
+    if not settled:
+        stage.problem(
+            "the killed process was not started again, or its successor "
+            "got no partitions",
+            supervisor,
+        )
 
 
 def sigterm_under_load(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from prometheus_client import REGISTRY
 
@@ -57,6 +59,28 @@ def test_each_request_carries_its_coordinates_as_idempotency_key(
 
     keys = sorted(r.headers["Idempotency-Key"] for r in api.received())
     assert keys == [f"{topic}/0/{offset}" for offset in range(3)]
+
+
+def test_a_lone_record_is_handed_on_without_waiting_for_a_full_batch(
+    kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
+) -> None:
+    """The poll thread waits for one record, not for `batch_size` of
+    them: a record arriving alone reaches the API long before the poll
+    timeout is up."""
+    topic = new_topic(1)
+    settings = bridge_settings(
+        kafka_bootstrap, topic, api.url,
+        pipeline={"batch_size": 500, "poll_timeout_seconds": 3},
+    )
+
+    with running(settings):
+        started = time.monotonic()
+        produce(kafka_bootstrap, topic, 1)
+        arrived = api.wait_for_count(1, WAIT_SECONDS)
+        seconds = time.monotonic() - started
+
+    assert arrived
+    assert seconds < 1.5
 
 
 def test_a_full_queue_pauses_the_partitions_and_loses_nothing(

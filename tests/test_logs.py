@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 
-from kafka_bridge.logs import RepeatFilter
+import structlog
+
+from kafka_bridge.config import LoggingSettings
+from kafka_bridge.logs import RepeatFilter, configure_logging
 from tests.manual_clock import ManualClock
 
 
@@ -43,3 +48,27 @@ def test_different_messages_are_not_held_back(clock: ManualClock) -> None:
     shown = [repeats.filter(_record(f"broker {n} down")) for n in range(3)]
 
     assert shown == [True, True, True]
+
+
+def test_fields_given_at_configuration_are_in_every_event_of_every_source(
+    restore_logging: None,
+) -> None:
+    """A supervised bridge names its process in each line, its own events
+    and the standard library's (librdkafka's) alike."""
+    stream = io.StringIO()
+    configure_logging(
+        LoggingSettings(level="INFO", format="json"),
+        stream,
+        fields={"process": 1, "pid": 4242},
+    )
+
+    structlog.get_logger("kafka_bridge").info("bridge_started", workers=8)
+    logging.getLogger("librdkafka").warning("broker down")
+
+    events = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [event["event"] for event in events] == [
+        "bridge_started", "broker down",
+    ]
+    assert all(
+        (event["process"], event["pid"]) == (1, 4242) for event in events
+    )

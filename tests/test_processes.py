@@ -131,8 +131,13 @@ def test_two_processes_deliver_every_record_once_and_stop_on_sigterm(
         delivered = _series(url, "kafka_bridge_messages_delivered_total")
         exit_seconds = run.terminate(patience_seconds=EXIT_BOUND_SECONDS)
 
+    started = {
+        (event.get("process"), event.get("pid")) for event in run.events()
+        if event.get("event") == "bridge_started"
+    }
     assert sorted(_ids(api)) == sorted(p.record_id for p in produced)
     assert len(children) == 2
+    assert started == {(0, children[0]), (1, children[1])}
     assert ready == {str(pid): 1.0 for pid in children}
     assert delivered == {"": RECORDS}
     assert exit_seconds is not None and run.exit_code == 0
@@ -143,7 +148,7 @@ def test_a_killed_process_is_started_again_and_nothing_is_lost(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     result = sigkill_process_restarts(
-        kafka_bootstrap, tmp_path, records=300, kills=1
+        kafka_bootstrap, tmp_path, rate_per_second=150, kills=1
     )
 
     assert result.passed, result.problems

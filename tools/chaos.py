@@ -63,8 +63,8 @@ SCENARIOS: dict[str, Scenario] = {
         stops=args.stops, ordering="key", seed=args.seed,
     ),
     "sigkill-process": lambda broker, work, args: sigkill_process_restarts(
-        broker.bootstrap_servers, work,
-        records=args.records, kills=args.kills, seed=args.seed,
+        broker.bootstrap_servers, work, rate_per_second=args.rate,
+        kills=args.kills, seed=args.seed,
     ),
     "sigterm-key-x2": lambda broker, work, args: sigterm_under_load(
         broker.bootstrap_servers, work, rate_per_second=args.rate,
@@ -208,7 +208,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--records", type=_positive, default=5000,
-        help="records produced up front (sigkill, sigkill-process, broker-down)",
+        help="records produced up front (sigkill, broker-down)",
     )
     parser.add_argument("--kills", type=_positive, default=5,
                         help="SIGKILLs in the sigkill scenarios")
@@ -216,8 +216,8 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="SIGTERMs in the sigterm scenarios")
     parser.add_argument(
         "--rate", type=float, default=150.0,
-        help="records per second of the steady load (sigterm, outage, "
-        "churn)",
+        help="records per second of the steady load (sigterm, sigkill-process, "
+        "outage, churn)",
     )
     parser.add_argument("--outage-seconds", type=float, default=15.0,
                         help="how long the broker stays down (outage)")
