@@ -96,33 +96,12 @@ class Bridge:
         )
         with _librdkafka_settings("kafka.consumer"):
             self.poller = self._poller(settings)
-        self._metrics_server = (
-            self._bind_metrics(settings) if settings.metrics.enabled else None
+        self._metrics_server = metrics.bind_server(
+            settings.metrics, healthy=self.health, ready=self.readiness
         )
         self._stop_requested = threading.Event()
         self._stopped = threading.Event()
         self.metrics_port: int | None = None
-
-    def _bind_metrics(self, settings: Settings) -> metrics.MetricsServer:
-        """The metrics server, bound now so that a bad address stops
-        start-up as a configuration error rather than a crash."""
-        address = f"{settings.metrics.host}:{settings.metrics.port}"
-        try:
-            return metrics.MetricsServer(
-                settings.metrics.host,
-                settings.metrics.port,
-                healthy=self.health,
-                ready=self.readiness,
-            )
-        except OSError as error:
-            raise ConfigError.single(
-                "metrics",
-                rule="bindable",
-                value=address,
-                message=f"cannot listen there ({error.strerror or error})",
-                fix="use an address of this host and a free port, or "
-                "metrics.enabled: false",
-            ) from None
 
     def _poller(self, settings: Settings) -> Poller:
         pipeline = settings.pipeline

@@ -30,6 +30,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from kafka_bridge.config import MetricsSettings
+from kafka_bridge.errors import ConfigError
 from kafka_bridge.version import __version__
 
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
@@ -254,6 +256,37 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=5)
+
+
+def bind_server(
+    settings: MetricsSettings,
+    *,
+    healthy: HealthCheck,
+    ready: HealthCheck,
+    registry: CollectorRegistry = REGISTRY,
+) -> MetricsServer | None:
+    """The metrics server of the settings, bound now so that a bad address
+    stops start-up as a configuration error rather than a crash; None when
+    metrics are off."""
+    if not settings.enabled:
+        return None
+    try:
+        return MetricsServer(
+            settings.host,
+            settings.port,
+            healthy=healthy,
+            ready=ready,
+            registry=registry,
+        )
+    except OSError as error:
+        raise ConfigError.single(
+            "metrics",
+            rule="bindable",
+            value=f"{settings.host}:{settings.port}",
+            message=f"cannot listen there ({error.strerror or error})",
+            fix="use an address of this host and a free port, or "
+            "metrics.enabled: false",
+        ) from None
 
 
 class _Server(ThreadingHTTPServer):

@@ -41,9 +41,9 @@ from prometheus_client import (
     multiprocess,
 )
 
+from kafka_bridge import metrics
 from kafka_bridge.config import Settings
 from kafka_bridge.errors import ConfigError
-from kafka_bridge.metrics import MetricsServer
 from kafka_bridge.version import __version__
 
 log = structlog.get_logger(__name__)
@@ -155,28 +155,17 @@ class Supervisor:
         )
         return restarts, running
 
-    def _bind_metrics(self) -> MetricsServer | None:
-        metrics = self.settings.metrics
-        if not metrics.enabled:
-            return None
+    def _bind_metrics(self) -> metrics.MetricsServer | None:
         try:
-            return MetricsServer(
-                metrics.host,
-                metrics.port,
+            return metrics.bind_server(
+                self.settings.metrics,
                 healthy=self.health,
                 ready=self.readiness,
                 registry=self._registry,
             )
-        except OSError as error:
+        except ConfigError:
             shutil.rmtree(self._metrics_dir, ignore_errors=True)
-            raise ConfigError.single(
-                "metrics",
-                rule="bindable",
-                value=f"{metrics.host}:{metrics.port}",
-                message=f"cannot listen there ({error.strerror or error})",
-                fix="use an address of this host and a free port, or "
-                "metrics.enabled: false",
-            ) from None
+            raise
 
     @property
     def metrics_port(self) -> int | None:
@@ -396,7 +385,6 @@ def watch_supervisor(
     supervisor = os.environ.get(SUPERVISOR_PID_ENV)
     if supervisor is None:
         return None
-    from kafka_bridge import metrics
 
     def watch() -> None:
         while True:
