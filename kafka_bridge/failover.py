@@ -129,11 +129,13 @@ class FailoverDelivery:
             outcome = self._sender.post(
                 route.endpoint, body, idempotency_key, content_type
             )
-            metrics.ATTEMPT_SECONDS.labels(route.endpoint.name).observe(
+            metrics.child(metrics.ATTEMPT_SECONDS, route.endpoint.name).observe(
                 time.monotonic() - posted_at
             )
-            metrics.POSTED.labels(
-                route.endpoint.name, metrics.status_class(outcome.status)
+            metrics.child(
+                metrics.POSTED,
+                route.endpoint.name,
+                metrics.status_class(outcome.status),
             ).inc()
 
             if outcome.delivered:

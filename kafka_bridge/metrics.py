@@ -17,7 +17,7 @@ import os
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -185,6 +185,23 @@ BUILD = Info("kafka_bridge_build", "Version of the running bridge.")
 BUILD.info({"version": __version__})
 
 _sampled: list[tuple[Gauge, Callable[[], float]]] = []
+
+Labelled = TypeVar("Labelled", Counter, Histogram)
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+
+def child(metric: Labelled, *labels: str) -> Labelled:
+    """The metric's series for these label values, looked up once.
+
+    `labels()` takes a lock and builds its key on each call, which costs
+    more than the count itself: about 1.2 µs a call here, several times
+    per record. Label values are few, so the cache stays small.
+    """
+    key = (id(metric), labels)
+    series = _children.get(key)
+    if series is None:
+        series = _children[key] = metric.labels(*labels)
+    return cast(Labelled, series)
 
 
 def show(gauge: Gauge, read: Callable[[], float]) -> None:

@@ -184,7 +184,7 @@ class Poller(threading.Thread):
 
         record = Record.from_message(message)
         self._tracker.track(record.topic, record.partition, record.offset)
-        metrics.CONSUMED.labels(record.topic).inc()
+        metrics.child(metrics.CONSUMED, record.topic).inc()
         if self._overflow:
             self._overflow.append(record)
             return

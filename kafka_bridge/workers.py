@@ -16,6 +16,7 @@ records it refuses are found and dead-lettered alone.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -36,6 +37,8 @@ from kafka_bridge.records import Record
 from kafka_bridge.transforms import Transform
 
 log = structlog.get_logger(__name__)
+# The same logger through the standard library, whose level check is cheap.
+_stdlib_log = logging.getLogger(__name__)
 
 # How often an idle worker looks up from its empty lane to see whether the
 # pool is stopping.
@@ -242,13 +245,17 @@ class WorkerPool:
 
     def _settle(self, items: list[_Prepared], report: DeliveryReport) -> None:
         """Finish the records the report speaks for."""
+        # Asked once: a filtered debug call still costs microseconds, and
+        # this runs for every record.
+        debug = _stdlib_log.isEnabledFor(logging.DEBUG)
         for item in items:
             record = item.record
             if report.delivered:
                 self._remember(item.dedup_key)
-                metrics.DELIVERED.labels(record.topic).inc()
+                metrics.child(metrics.DELIVERED, record.topic).inc()
                 _observe_latency(record)
-                log.debug("record_delivered", **_where(record))
+                if debug:
+                    log.debug("record_delivered", **_where(record))
                 self._finish(item.claim, record, done=True)
             elif report.cancelled:
                 self._finish(item.claim, record, done=False)
@@ -351,7 +358,7 @@ def _observe_latency(record: Record) -> None:
         return
     seconds = time.time() - record.timestamp_ms / 1000
     if seconds >= 0:
-        metrics.RECORD_LATENCY.labels(record.topic).observe(seconds)
+        metrics.child(metrics.RECORD_LATENCY, record.topic).observe(seconds)
 
 
 def _where(record: Record) -> dict[str, object]:

@@ -7,6 +7,7 @@ import threading
 
 from prometheus_client import CollectorRegistry, Counter
 
+from kafka_bridge import metrics
 from kafka_bridge.offsets import OffsetTracker
 
 THREADS = 8
@@ -72,12 +73,13 @@ def test_the_commit_offset_never_passes_a_record_still_in_flight() -> None:
 
 
 def test_counters_incremented_from_many_threads_add_up() -> None:
+    """Through the cache of series the bridge counts with, as it does."""
     registry = CollectorRegistry()
     counter = Counter("updates", "test counter", ["lane"], registry=registry)
 
     def work(lane: str) -> None:
         for _ in range(RECORDS):
-            counter.labels(lane).inc()
+            metrics.child(counter, lane).inc()
 
     _run_all(
         [
@@ -91,3 +93,15 @@ def test_counters_incremented_from_many_threads_add_up() -> None:
         for lane in ("0", "1")
     )
     assert total == THREADS * RECORDS
+
+
+def test_a_cached_series_is_the_one_labels_gives() -> None:
+    registry = CollectorRegistry()
+    counter = Counter("posts", "test counter", ["endpoint"], registry=registry)
+
+    metrics.child(counter, "primary").inc()
+    metrics.child(counter, "primary").inc()
+    metrics.child(counter, "secondary").inc()
+
+    assert metrics.child(counter, "primary") is counter.labels("primary")
+    assert registry.get_sample_value("posts_total", {"endpoint": "primary"}) == 2
