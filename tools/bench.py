@@ -67,6 +67,7 @@ from tools.bench_cases import (  # noqa: E402
     ONE_PROCESS,
     POST_CEILING_SECONDS,
     RECORDS_PER_BATCH,
+    SLOW_SINK,
     SLOW_SINK_DELAY_SECONDS,
     BaselineCase,
     BridgeCase,
@@ -198,7 +199,7 @@ class _Site:
 def _run(options: argparse.Namespace) -> Results:
     selection = Selection.matching(options.only)
     sizes = _sizes(options)
-    workers: int = options.workers
+    workers = {FAST_SINK: options.workers, SLOW_SINK: options.slow_workers}
     not_run = _cases_this_bridge_cannot_run(selection)
     if not_run:
         selection = selection.without_processes()
@@ -291,7 +292,7 @@ def _measure_ceilings(
     site: _Site,
     selection: Selection,
     sizes: Sizes,
-    workers: int,
+    workers: dict[str, int],
     meter: CpuMeter,
 ) -> dict[str, CeilingFigures]:
     figures: dict[str, CeilingFigures] = {}
@@ -305,11 +306,11 @@ def _measure_ceilings(
         url = site.sink(post.sink).url
         _say(
             f"{post.name}: POSTs of {post.records_per_post} record(s) "
-            f"from {post.processes} process(es) x {workers} threads, "
-            f"{sizes.ceiling_seconds:g} s"
+            f"from {post.processes} process(es) x {workers[post.sink]} "
+            f"threads, {sizes.ceiling_seconds:g} s"
         )
         figures[post.name] = _measure_post_ceiling(
-            post, url, workers, sizes.ceiling_seconds, meter
+            post, url, workers[post.sink], sizes.ceiling_seconds, meter
         )
     return figures
 
@@ -393,7 +394,7 @@ def _measure_bridge_case(
     site: _Site,
     case: BridgeCase,
     sizes: Sizes,
-    workers: int,
+    workers: dict[str, int],
     meter: CpuMeter,
     ceilings: dict[str, CeilingFigures],
 ) -> BridgeFigures:
@@ -403,14 +404,14 @@ def _measure_bridge_case(
         backlog = produce_backlog(site.bootstrap, topic, records)
         _say(
             f"{case.name}: kafka-bridge, {case.process_count} process(es) "
-            f"x {workers} workers"
+            f"x {workers[case.sink]} workers"
         )
         run = run_bridge_case(
             case,
             backlog,
             bootstrap=site.bootstrap,
             sink=site.sink(case.sink),
-            workers=workers,
+            workers=workers[case.sink],
             work_dir=site.work,
             meter=meter,
             register_pid=site.set_bridge_pid,
@@ -427,7 +428,7 @@ def _measure_bridge_case(
 
 
 def _settings(
-    selection: Selection, sizes: Sizes, workers: int
+    selection: Selection, sizes: Sizes, workers: dict[str, int]
 ) -> dict[str, Any]:
     values = [record_value(index) for index in range(_VALUE_SIZE_SAMPLE)]
     return {
@@ -515,9 +516,15 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "such as 'record-*'; may be repeated (ceilings follow the cases)",
     )
     parser.add_argument(
-        "--workers", type=_count("--workers", 1), default=DEFAULT_WORKERS,
-        help="the bridge's pipeline.workers, and the threads of each POST "
-        "ceiling process (default: %(default)s)",
+        "--workers", type=_count("--workers", 1),
+        default=DEFAULT_WORKERS[FAST_SINK],
+        help="the bridge's pipeline.workers against nginx, and the threads "
+        "of each POST ceiling process there (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--slow-workers", type=_count("--slow-workers", 1),
+        default=DEFAULT_WORKERS[SLOW_SINK],
+        help="the same against the 20 ms sink (default: %(default)s)",
     )
     options = parser.parse_args(argv)
     if Selection.matching(options.only).empty:

@@ -10,6 +10,7 @@ broker's, and other programs' on the machine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tools.bench_cases import PROCESS_PER_CPU
 from tools.bench_cpu import DISTURBED_AT_CORES
@@ -63,7 +64,7 @@ def _print_heading(results: Results) -> None:
     print(
         f"\nkafka-bridge bench: JSON records of "
         f"{settings['mean_value_bytes']:,} bytes, {settings['partitions']} "
-        f"partitions, {settings['workers']} workers a process; auto = "
+        f"partitions; workers a process: {_workers(settings)}; auto = "
         f"{settings['auto_processes']} processes\n"
         f"machine: {machine['cpu_model']}, {machine['cores']} cores; "
         f"Python {machine['python']}; librdkafka {machine['librdkafka']}; "
@@ -110,8 +111,8 @@ def _print_baselines(results: Results) -> None:
 def _print_ceilings(results: Results) -> None:
     if results.ceilings:
         print(
-            f"ceilings: bare loops (POSTs: {results.settings['workers']} "
-            f"threads a process)"
+            f"ceilings: bare loops (POST threads a process: "
+            f"{_workers(results.settings)})"
         )
     for ceiling in results.ceilings:
         _print_row([
@@ -179,3 +180,12 @@ def _print_row(cells: Sequence[str]) -> None:
         f"{cell:>{width}}" for cell, width in zip(rest, _WIDTHS[1:], strict=True)
     )
     print(line.rstrip())
+
+
+def _workers(settings: dict[str, Any]) -> str:
+    workers = settings["workers"]
+    if isinstance(workers, dict):
+        return ", ".join(
+            f"{count} ({sink} sink)" for sink, count in workers.items()
+        )
+    return str(workers)
