@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 TopicPartitionKey = tuple[str, int]
@@ -69,17 +70,14 @@ class OffsetTracker:
 
     def track(self, topic: str, partition: int, offset: int) -> None:
         """Note a record handed to the workers; offsets must increase."""
+        self.track_all([(topic, partition, offset)])
+
+    def track_all(self, records: Sequence[tuple[str, int, int]]) -> None:
+        """`track` for each (topic, partition, offset) of a consumed batch,
+        under one acquisition of the lock."""
         with self._lock:
-            key = (topic, partition)
-            progress = self._partitions.get(key)
-            if progress is None:
-                progress = self._partitions[key] = PartitionProgress(key)
-            if progress.pending and offset <= progress.pending[-1]:
-                raise ValueError(
-                    f"offset {offset} of {topic}/{partition} is not above "
-                    f"the last tracked offset {progress.pending[-1]}"
-                )
-            progress.pending.append(offset)
+            for topic, partition, offset in records:
+                self._track((topic, partition), offset)
 
     def begin(self, topic: str, partition: int) -> PartitionProgress | None:
         """Claim a record for delivery, or None if its partition is gone.
@@ -88,11 +86,32 @@ class OffsetTracker:
         its new owner will consume it again.
         """
         with self._lock:
-            progress = self._partitions.get((topic, partition))
-            if progress is None or progress.abandoned.is_set():
-                return None
-            progress.active += 1
-            return progress
+            return self._begin((topic, partition))
+
+    def begin_all(
+        self, keys: Sequence[TopicPartitionKey]
+    ) -> list[PartitionProgress | None]:
+        """`begin` for each of many records, under one acquisition of the
+        lock: a batch's worth at a time costs what one record did."""
+        with self._lock:
+            return [self._begin(key) for key in keys]
+
+    def finish_done(
+        self, finished: Sequence[tuple[PartitionProgress, int]]
+    ) -> list[bool]:
+        """`finish(..., done=True)` for many records under one acquisition
+        of the lock; for each, False for a late completion."""
+        with self._lock:
+            current = []
+            for progress, offset in finished:
+                progress.active -= 1
+                progress.finished.add(offset)
+                current.append(self._partitions.get(progress.key) is progress)
+            for progress in {progress for progress, _ in finished}:
+                progress.advance()
+                if progress.active == 0:
+                    self._idle.notify_all()
+            return current
 
     def finish(
         self, progress: PartitionProgress, offset: int, *, done: bool
@@ -218,3 +237,21 @@ class OffsetTracker:
             for key, progress in self._partitions.items()
             if key in keys
         )
+
+    def _begin(self, key: TopicPartitionKey) -> PartitionProgress | None:
+        progress = self._partitions.get(key)
+        if progress is None or progress.abandoned.is_set():
+            return None
+        progress.active += 1
+        return progress
+
+    def _track(self, key: TopicPartitionKey, offset: int) -> None:
+        progress = self._partitions.get(key)
+        if progress is None:
+            progress = self._partitions[key] = PartitionProgress(key)
+        if progress.pending and offset <= progress.pending[-1]:
+            raise ValueError(
+                f"offset {offset} of {key[0]}/{key[1]} is not above "
+                f"the last tracked offset {progress.pending[-1]}"
+            )
+        progress.pending.append(offset)

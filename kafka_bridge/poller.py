@@ -147,8 +147,13 @@ class Poller(threading.Thread):
         self._hand_off_overflow()
         self._pause_or_resume()
 
-        for message in self._next_messages():
-            self._accept(message)
+        records = self._records_of(self._next_messages())
+        self._tracker.track_all(
+            [(record.topic, record.partition, record.offset)
+             for record in records]
+        )
+        for record in records:
+            self._hand_off(record)
 
         self._commit(asynchronous=True)
 
@@ -172,18 +177,23 @@ class Poller(threading.Thread):
             ),
         ]
 
-    def _accept(self, message: Any) -> None:
-        error = message.error()
-        if error is not None:
-            self._on_consume_error(error)
-            return
-        if not self._fetching:
-            # Not tracked, so never committed: the next owner of the
-            # partition reads it again.
-            return
+    def _records_of(self, messages: list[Any]) -> list[Record]:
+        """The records among the messages; errors go to their handler.
 
-        record = Record.from_message(message)
-        self._tracker.track(record.topic, record.partition, record.offset)
+        Once the bridge is stopping, none: records not tracked are never
+        committed, and the next owner of the partition reads them again.
+        """
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+            elif self._fetching:
+                records.append(Record.from_message(message))
+        return records
+
+    def _hand_off(self, record: Record) -> None:
+        """To the record's lane, or held back while the lanes are full."""
         metrics.child(metrics.CONSUMED, record.topic).inc()
         if self._overflow:
             self._overflow.append(record)

@@ -132,7 +132,7 @@ class WorkerPool:
         while not self._stopping.is_set():
             records = self._take(index)
             try:
-                prepared = [p for r in records if (p := self._prepare(r))]
+                prepared = self._prepare_all(records)
                 if self._batching is None:
                     for item in prepared:
                         self._deliver_one(item)
@@ -159,16 +159,27 @@ class WorkerPool:
             idle_seconds=_IDLE_CHECK_SECONDS,
         )
 
-    def _prepare(self, record: Record) -> _Prepared | None:
-        """Claim, de-duplicate, transform and check one record.
+    def _prepare_all(self, records: list[Record]) -> list[_Prepared]:
+        """Claim the records (all at once: one lock for the batch), then
+        prepare each; a record of a partition that is gone is skipped."""
+        claims = self._tracker.begin_all(
+            [(record.topic, record.partition) for record in records]
+        )
+        return [
+            prepared
+            for record, claim in zip(records, claims, strict=True)
+            if claim is not None
+            and (prepared := self._prepare(record, claim)) is not None
+        ]
 
-        None when there is nothing to deliver: the partition is gone, the
-        record is a repeat, or it failed and went to the dead letters.
+    def _prepare(
+        self, record: Record, claim: PartitionProgress
+    ) -> _Prepared | None:
+        """De-duplicate, transform and check one claimed record.
+
+        None when there is nothing to deliver: the record is a repeat, or
+        it failed and went to the dead letters.
         """
-        claim = self._tracker.begin(record.topic, record.partition)
-        if claim is None:
-            return None
-
         dedup_key = self._dedup.key_of(record) if self._dedup else None
         if dedup_key is not None and self._is_duplicate(dedup_key, record):
             self._finish(claim, record, done=True)
@@ -245,24 +256,38 @@ class WorkerPool:
 
     def _settle(self, items: list[_Prepared], report: DeliveryReport) -> None:
         """Finish the records the report speaks for."""
-        # Asked once: a filtered debug call still costs microseconds, and
-        # this runs for every record.
-        debug = _stdlib_log.isEnabledFor(logging.DEBUG)
+        if report.delivered:
+            self._settle_delivered(items)
+            return
         for item in items:
             record = item.record
-            if report.delivered:
-                self._remember(item.dedup_key)
-                metrics.child(metrics.DELIVERED, record.topic).inc()
-                _observe_latency(record)
-                if debug:
-                    log.debug("record_delivered", **_where(record))
-                self._finish(item.claim, record, done=True)
-            elif report.cancelled:
+            if report.cancelled:
                 self._finish(item.claim, record, done=False)
             else:
                 self._give_up(
                     item.claim, DeadLetter.of_delivery(record, report)
                 )
+
+    def _settle_delivered(self, items: list[_Prepared]) -> None:
+        """Count, remember and finish delivered records, a batch's worth
+        under one acquisition of the tracker's lock."""
+        # Asked once: a filtered debug call still costs microseconds, and
+        # this runs for every record.
+        debug = _stdlib_log.isEnabledFor(logging.DEBUG)
+        for item in items:
+            record = item.record
+            self._remember(item.dedup_key)
+            metrics.child(metrics.DELIVERED, record.topic).inc()
+            _observe_latency(record)
+            if debug:
+                log.debug("record_delivered", **_where(record))
+
+        current = self._tracker.finish_done(
+            [(item.claim, item.record.offset) for item in items]
+        )
+        for item, is_current in zip(items, current, strict=True):
+            if not is_current:
+                self._late(item.record)
 
     def _give_up(self, claim: PartitionProgress, letter: DeadLetter) -> None:
         """Dead-letter the record, or hold it when that is not possible."""
@@ -323,8 +348,13 @@ class WorkerPool:
         self, claim: PartitionProgress, record: Record, *, done: bool
     ) -> None:
         if not self._tracker.finish(claim, record.offset, done=done):
-            metrics.LATE_COMPLETIONS.inc()
-            log.info("late_completion_ignored", **_where(record))
+            self._late(record)
+
+    def _late(self, record: Record) -> None:
+        """Its partition was revoked while it was delivered: the new owner
+        delivers it again, and this completion changes nothing."""
+        metrics.LATE_COMPLETIONS.inc()
+        log.info("late_completion_ignored", **_where(record))
 
 
 class _AnyAbandoned:

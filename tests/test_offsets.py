@@ -224,3 +224,44 @@ def test_only_the_named_partitions_are_waited_for() -> None:
 
     assert settled
     assert not tracker.wait_settled([(TOPIC, 0)], timeout_seconds=0)
+
+
+def test_records_claimed_and_finished_together_commit_as_one_by_one() -> None:
+    tracker = OffsetTracker()
+    tracker.track_all([(TOPIC, 0, 5), (TOPIC, 1, 7), (TOPIC, 0, 6)])
+
+    claims = tracker.begin_all([(TOPIC, 0), (TOPIC, 1), (TOPIC, 0)])
+    assert all(claim is not None for claim in claims)
+    first, other, second = claims
+    assert first is not None and other is not None and second is not None
+    current = tracker.finish_done([(second, 6), (other, 7)])
+
+    assert current == [True, True]
+    assert tracker.committable() == {(TOPIC, 0): 5, (TOPIC, 1): 8}
+    assert not tracker.wait_idle([(TOPIC, 0)], timeout_seconds=0)
+    assert tracker.finish_done([(first, 5)]) == [True]
+    assert tracker.committable() == {(TOPIC, 0): 7, (TOPIC, 1): 8}
+    assert tracker.wait_idle(None, timeout_seconds=0)
+
+
+def test_a_batch_claim_skips_only_the_partitions_that_are_gone() -> None:
+    tracker = OffsetTracker()
+    tracker.track_all([(TOPIC, 0, 0), (TOPIC, 1, 0)])
+    tracker.abandon([(TOPIC, 1)])
+
+    claims = tracker.begin_all([(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)])
+
+    assert claims[0] is not None
+    assert claims[1:] == [None, None]
+
+
+def test_a_finish_after_the_partition_was_forgotten_is_reported_late() -> None:
+    tracker = _tracked([0, 1])
+    first, second = tracker.begin_all([(TOPIC, 0), (TOPIC, 0)])
+    assert first is not None and second is not None
+    tracker.forget([(TOPIC, 0)])
+
+    current = tracker.finish_done([(first, 0), (second, 1)])
+
+    assert current == [False, False]
+    assert tracker.committable() == {}
