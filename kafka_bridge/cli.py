@@ -137,8 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = _load(args.config)
     except ConfigError as error:
-        sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
-        return EXIT_USAGE
+        return _invalid_configuration(error)
 
     if args.command == "check-config":
         sys.stdout.write(render_masked(settings))
@@ -148,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.processes > 1:
         return _supervise(settings, args)
     return _run(settings)
+
+
+def _invalid_configuration(error: ConfigError) -> int:
+    sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
+    return EXIT_USAGE
 
 
 def run_alias() -> int:
@@ -251,8 +255,7 @@ def _run(settings: Settings) -> int:
     try:
         bridge = Bridge(supervised_settings(settings))
     except ConfigError as error:
-        sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
-        return EXIT_USAGE
+        return _invalid_configuration(error)
     _install_signal_handlers(bridge.request_stop)
     watch_supervisor(bridge.request_stop)
     return bridge.run()
@@ -275,8 +278,7 @@ def _supervise(settings: Settings, args: argparse.Namespace) -> int:
             settings, args.config, args.processes, policy=policy
         )
     except ConfigError as error:
-        sys.stderr.write(f"kafka-bridge: invalid configuration\n{error}\n")
-        return EXIT_USAGE
+        return _invalid_configuration(error)
     _install_signal_handlers(supervisor.request_stop, exit_on_second=False)
     return supervisor.run()
 

@@ -96,23 +96,6 @@ class OffsetTracker:
         with self._lock:
             return [self._begin(key) for key in keys]
 
-    def finish_done(
-        self, finished: Sequence[tuple[PartitionProgress, int]]
-    ) -> list[bool]:
-        """`finish(..., done=True)` for many records under one acquisition
-        of the lock; for each, False for a late completion."""
-        with self._lock:
-            current = []
-            for progress, offset in finished:
-                progress.active -= 1
-                progress.finished.add(offset)
-                current.append(self._partitions.get(progress.key) is progress)
-            for progress in {progress for progress, _ in finished}:
-                progress.advance()
-                if progress.active == 0:
-                    self._idle.notify_all()
-            return current
-
     def finish(
         self, progress: PartitionProgress, offset: int, *, done: bool
     ) -> bool:
@@ -122,16 +105,28 @@ class OffsetTracker:
         record of a revoked partition cannot touch a later assignment of
         the same partition. Returns False for such a late completion.
         """
+        return self.finish_all([(progress, offset)], done=done)[0]
+
+    def finish_all(
+        self, claims: Sequence[tuple[PartitionProgress, int]], *, done: bool
+    ) -> list[bool]:
+        """`finish` for each (claim, offset), under one acquisition of the
+        lock: a POST's worth of records at a time."""
         with self._lock:
-            progress.active -= 1
-            if done:
-                progress.finished.add(offset)
+            for progress, offset in claims:
+                progress.active -= 1
+                if done:
+                    progress.finished.add(offset)
+                else:
+                    progress.released += 1
+            for progress in {progress for progress, _ in claims}:
                 progress.advance()
-            else:
-                progress.released += 1
-            if progress.active == 0:
-                self._idle.notify_all()
-            return self._partitions.get(progress.key) is progress
+                if progress.active == 0:
+                    self._idle.notify_all()
+            return [
+                self._partitions.get(progress.key) is progress
+                for progress, _ in claims
+            ]
 
     def committable(self) -> dict[TopicPartitionKey, int]:
         """Offsets that moved forward since they were last committed."""

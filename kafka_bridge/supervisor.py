@@ -129,10 +129,12 @@ class Supervisor:
         self._outcome = EXIT_OK
         self._metrics_dir = tempfile.mkdtemp(prefix="kafka-bridge-metrics-")
         self._registry = CollectorRegistry()
-        self._restarts, self._running = self._own_metrics()
+        self._restarts = self._own_metrics()
         self._metrics_server = self._bind_metrics()
 
-    def _own_metrics(self) -> tuple[Counter, Gauge]:
+    def _own_metrics(self) -> Counter:
+        """The supervisor's own series beside the bridges'; the restart
+        counter, which it updates."""
         _collect_files(self._registry, self._metrics_dir)
         build = Info(
             "kafka_bridge_build",
@@ -153,7 +155,7 @@ class Supervisor:
         running.set_function(
             lambda: sum(child.running() for child in self._children)
         )
-        return restarts, running
+        return restarts
 
     def _bind_metrics(self) -> metrics.MetricsServer | None:
         try:

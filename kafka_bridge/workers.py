@@ -282,8 +282,8 @@ class WorkerPool:
             if debug:
                 log.debug("record_delivered", **_where(record))
 
-        current = self._tracker.finish_done(
-            [(item.claim, item.record.offset) for item in items]
+        current = self._tracker.finish_all(
+            [(item.claim, item.record.offset) for item in items], done=True
         )
         for item, is_current in zip(items, current, strict=True):
             if not is_current:

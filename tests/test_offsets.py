@@ -234,12 +234,12 @@ def test_records_claimed_and_finished_together_commit_as_one_by_one() -> None:
     assert all(claim is not None for claim in claims)
     first, other, second = claims
     assert first is not None and other is not None and second is not None
-    current = tracker.finish_done([(second, 6), (other, 7)])
+    current = tracker.finish_all([(second, 6), (other, 7)], done=True)
 
     assert current == [True, True]
     assert tracker.committable() == {(TOPIC, 0): 5, (TOPIC, 1): 8}
     assert not tracker.wait_idle([(TOPIC, 0)], timeout_seconds=0)
-    assert tracker.finish_done([(first, 5)]) == [True]
+    assert tracker.finish_all([(first, 5)], done=True) == [True]
     assert tracker.committable() == {(TOPIC, 0): 7, (TOPIC, 1): 8}
     assert tracker.wait_idle(None, timeout_seconds=0)
 
@@ -261,7 +261,7 @@ def test_a_finish_after_the_partition_was_forgotten_is_reported_late() -> None:
     assert first is not None and second is not None
     tracker.forget([(TOPIC, 0)])
 
-    current = tracker.finish_done([(first, 0), (second, 1)])
+    current = tracker.finish_all([(first, 0), (second, 1)], done=True)
 
     assert current == [False, False]
     assert tracker.committable() == {}
