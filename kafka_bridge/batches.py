@@ -7,10 +7,9 @@ the whole batch; the worker pool decides what to do with it.
 
 from __future__ import annotations
 
-import queue
-import time
 from collections.abc import Callable, Iterator, Sequence
 
+from kafka_bridge.deadline import Deadline
 from kafka_bridge.records import Record
 
 FORMATS = {
@@ -36,7 +35,7 @@ def batch_key(first: Record, last: Record) -> str:
 
 
 def collect(
-    take: Callable[[float], Record],
+    take: Callable[[int, float], list[Record]],
     *,
     max_records: int,
     max_wait_seconds: float,
@@ -45,19 +44,19 @@ def collect(
     """Up to `max_records` records: the first waited for up to
     `idle_seconds`, the rest for what is left of `max_wait_seconds`.
 
-    `take(timeout)` returns a record or raises queue.Empty.
+    `take(most, timeout)` returns up to `most` records, as many as are
+    ready once the first came, or [] after the timeout.
     """
-    try:
-        records = [take(idle_seconds)]
-    except queue.Empty:
+    records = take(max_records, idle_seconds)
+    if not records:
         return []
 
-    deadline = time.monotonic() + max_wait_seconds
+    deadline = Deadline(max_wait_seconds)
     while len(records) < max_records:
-        try:
-            records.append(take(max(0.0, deadline - time.monotonic())))
-        except queue.Empty:
+        more = take(max_records - len(records), deadline.remaining())
+        if not more:
             break
+        records += more
     return records
 
 

@@ -1,13 +1,19 @@
 """The poll thread: the only thread that touches the Kafka consumer.
 
 It consumes in batches and hands records to the workers through a bounded
-queue. When the queue is full it does not stop polling, which would let
-`max.poll.interval.ms` lapse and cost a rebalance: it pauses its partitions,
-holds the overflow of the last batch, and keeps calling `consume()` (which
-then returns nothing for them) until the queue drains below its low-water
-mark. It also commits: after every `consume()` it commits the offsets the
-offset tracker says are safe, and on revocation and shutdown it commits
-synchronously.
+queue, taking from librdkafka only as many records as the queue has room
+for: what is not taken stays in librdkafka's prefetch, which stops fetching
+when that is full. When the queue is full it does not stop polling, which
+would let `max.poll.interval.ms` lapse and cost a rebalance: it waits for a
+worker to make room, takes one record a turn (held back with the overflow of
+the last batch), and if the queue stays full for a second it pauses its
+partitions and keeps polling (which then returns nothing for them) until the
+queue drains below its low-water mark. Pausing is kept for a queue that
+stays full because librdkafka throws away what it prefetched for a paused
+partition, and fetching it again after the resume starves the workers.
+
+It also commits: after every turn it commits the offsets the offset tracker
+says are safe, and on revocation and shutdown it commits synchronously.
 """
 
 from __future__ import annotations
@@ -15,10 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -44,6 +49,10 @@ _REBALANCE_ERRORS = (
 )
 _COMMIT_RETRY_FRACTION = 0.5
 _COMMIT_RETRY_POLL_SECONDS = 0.1
+# A queue full for this long means the API is not keeping up: pause. A
+# resume took 0.1 to 0.6 s to bring records again on a local broker, so a
+# queue that fills and drains again within a second is better left alone.
+_PAUSE_AFTER_FULL_SECONDS = 1.0
 
 
 class Poller(threading.Thread):
@@ -86,7 +95,8 @@ class Poller(threading.Thread):
         self._revoke_timeout_seconds = revoke_timeout_seconds
         self._on_failure = on_failure
 
-        self._overflow: deque[Record] = deque()
+        self._overflow: list[Record] = []
+        self._full_since: float | None = None
         self._assigned: list[TopicPartition] = []
         self._paused = False
         self._repause = False
@@ -144,21 +154,38 @@ class Poller(threading.Thread):
     # -- one turn of the loop -----------------------------------------
 
     def _poll_once(self) -> None:
-        self._hand_off_overflow()
+        self._wait_for_room()
         self._pause_or_resume()
 
-        records = self._records_of(self._next_messages())
+        records = self._records_of(self._next_messages(self._intake()))
         self._tracker.track_all(
             [(record.topic, record.partition, record.offset)
              for record in records]
         )
-        for record in records:
-            self._hand_off(record)
+        self._hand_off(records)
 
         self._commit(asynchronous=True)
 
-    def _next_messages(self) -> list[Any]:
-        """Up to a batch of messages, without waiting for the batch to fill.
+    def _wait_for_room(self) -> None:
+        """Hand held-back records on; while the lanes are full, wait for
+        a worker to make room rather than take more from librdkafka."""
+        self._hand_off_overflow()
+        if self._overflow and not self._paused:
+            self._lanes.wait_for_room(
+                self._overflow[0], self._poll_timeout_seconds
+            )
+            self._hand_off_overflow()
+
+    def _intake(self) -> int:
+        """How many messages to take: what the lanes have room for, up to
+        a batch. While they are full, one: polling goes on, so the group
+        keeps the consumer and its callbacks are served."""
+        if self._overflow:
+            return 1
+        return max(1, min(self._batch_size, self._lanes.room()))
+
+    def _next_messages(self, wanted: int) -> list[Any]:
+        """Up to `wanted` messages, without waiting for that many.
 
         `consume()` waits until it has the whole batch or the timeout is
         up, so at a low rate every record waited most of the timeout.
@@ -168,13 +195,11 @@ class Poller(threading.Thread):
         first = self._consumer.poll(self._poll_timeout_seconds)
         if first is None:
             return []
-        if self._batch_size == 1:
+        if wanted == 1:
             return [first]
         return [
             first,
-            *self._consumer.consume(
-                num_messages=self._batch_size - 1, timeout=0
-            ),
+            *self._consumer.consume(num_messages=wanted - 1, timeout=0),
         ]
 
     def _records_of(self, messages: list[Any]) -> list[Record]:
@@ -192,33 +217,30 @@ class Poller(threading.Thread):
                 records.append(Record.from_message(message))
         return records
 
-    def _hand_off(self, record: Record) -> None:
-        """To the record's lane, or held back while the lanes are full."""
-        metrics.child(metrics.CONSUMED, record.topic).inc()
+    def _hand_off(self, records: list[Record]) -> None:
+        """To the records' lanes; what does not fit is held back."""
+        for topic, count in Counter(r.topic for r in records).items():
+            metrics.child(metrics.CONSUMED, topic).inc(count)
         if self._overflow:
-            self._overflow.append(record)
+            self._overflow += records
             return
-        try:
-            self._lanes.put_nowait(record)
-        except queue.Full:
-            self._overflow.append(record)
+        queued = self._lanes.put(records)
+        self._overflow = records[queued:]
 
     def _hand_off_overflow(self) -> None:
-        while self._overflow:
-            try:
-                self._lanes.put_nowait(self._overflow[0])
-            except queue.Full:
-                return
-            self._overflow.popleft()
+        if self._overflow:
+            queued = self._lanes.put(self._overflow)
+            self._overflow = self._overflow[queued:]
 
     def _pause_or_resume(self) -> None:
+        self._note_full()
         if not self._assigned:
             return
         if self._paused and self._repause:
             # Partitions assigned while paused start out fetching.
             self._consumer.pause(self._assigned)
             self._repause = False
-        if self._overflow and not self._paused:
+        if self._stayed_full() and not self._paused:
             self._consumer.pause(self._assigned)
             self._paused = True
             metrics.PAUSES.inc()
@@ -229,6 +251,20 @@ class Poller(threading.Thread):
             log.info("partitions_resumed", count=len(self._assigned))
         metrics.PAUSED_PARTITIONS.set(
             len(self._assigned) if self._paused else 0
+        )
+
+    def _note_full(self) -> None:
+        """Note since when records have been held back."""
+        if not self._overflow:
+            self._full_since = None
+        elif self._full_since is None:
+            self._full_since = time.monotonic()
+
+    def _stayed_full(self) -> bool:
+        return (
+            self._full_since is not None
+            and time.monotonic() - self._full_since
+            >= _PAUSE_AFTER_FULL_SECONDS
         )
 
     def _has_drained(self) -> bool:
@@ -420,7 +456,7 @@ class Poller(threading.Thread):
     def _drop_overflow(self, keys: list[TopicPartitionKey]) -> None:
         """Forget the held-back records of these partitions: the next
         owner reads them again."""
-        kept: deque[Record] = deque()
+        kept: list[Record] = []
         dropped: Counter[TopicPartitionKey] = Counter()
         for record in self._overflow:
             key = (record.topic, record.partition)

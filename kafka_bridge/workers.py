@@ -17,7 +17,6 @@ records it refuses are found and dead-lettered alone.
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from dataclasses import dataclass
@@ -148,12 +147,9 @@ class WorkerPool:
     def _take(self, index: int) -> list[Record]:
         """The next record, or the next batch of them; [] when idle."""
         if self._batching is None:
-            try:
-                return [self._lanes.get(index, _IDLE_CHECK_SECONDS)]
-            except queue.Empty:
-                return []
+            return self._lanes.take(index, 1, _IDLE_CHECK_SECONDS)
         return batches.collect(
-            lambda timeout: self._lanes.get(index, timeout),
+            lambda most, timeout: self._lanes.take(index, most, timeout),
             max_records=self._batching.max_records,
             max_wait_seconds=self._batching.max_wait_seconds,
             idle_seconds=_IDLE_CHECK_SECONDS,

@@ -83,18 +83,21 @@ def test_a_lone_record_is_handed_on_without_waiting_for_a_full_batch(
     assert seconds < 1.5
 
 
-def test_a_full_queue_pauses_the_partitions_and_loses_nothing(
+def test_a_queue_that_stays_full_pauses_the_partitions_and_loses_nothing(
     kafka_bootstrap: str, new_topic: NewTopicFactory, api: LocalApi
 ) -> None:
+    """One worker that needs half a second a record keeps a one-record
+    queue full for longer than the second the poll thread waits before it
+    pauses."""
     topic = new_topic(2)
-    produced = produce(kafka_bootstrap, topic, 300)
-    api.respond_with(200, delay_seconds=0.005)
+    produced = produce(kafka_bootstrap, topic, 8)
+    api.respond_with(200, delay_seconds=0.5)
     pauses_before = _sample("kafka_bridge_partition_pauses_total")
     settings = bridge_settings(
         kafka_bootstrap,
         topic,
         api.url,
-        pipeline={"queue_capacity": 10, "workers": 2, "batch_size": 50},
+        pipeline={"queue_capacity": 1, "workers": 1, "batch_size": 50},
     )
 
     with running(settings):
