@@ -49,6 +49,7 @@ class Lanes:
         self._lanes = [_Lane(self._lock) for _ in range(lane_count)]
         self._room = threading.Condition(self._lock)
         self._size = 0
+        self._partition_routes: dict[tuple[str, int], int] = {}
 
     def put(self, records: Sequence[Record]) -> int:
         """Queue the records in order until one's lane is full; how many
@@ -108,11 +109,15 @@ class Lanes:
         if lanes == 1:
             return 0
         # crc32 rather than hash(): stable across processes and runs, so a
-        # key's lane does not depend on PYTHONHASHSEED.
-        route = f"{record.topic}\0{record.partition}".encode()
+        # key's lane does not depend on PYTHONHASHSEED. The partition's
+        # part is computed once; the key's continues it.
+        route = self._partition_routes.get((record.topic, record.partition))
+        if route is None:
+            route = zlib.crc32(f"{record.topic}\0{record.partition}".encode())
+            self._partition_routes[(record.topic, record.partition)] = route
         if self.ordering == "key" and record.key is not None:
-            route += b"\0" + record.key
-        return zlib.crc32(route) % lanes
+            route = zlib.crc32(b"\0" + record.key, route)
+        return route % lanes
 
 
 class _Lane:

@@ -30,12 +30,16 @@ UserFunction = Callable[[Record], Any]
 
 
 def envelope(record: Record) -> bytes:
-    """The decoded JSON value wrapped with the record's coordinates.
+    """The JSON value wrapped with the record's coordinates.
 
-    A key that is not UTF-8 text is sent as base64, flagged by
-    `key_encoding`, so binary keys survive the trip into JSON.
+    The value is parsed to check that it is JSON, then sent as it was
+    written: encoding it again would cost as much as parsing it, and would
+    round integers beyond 64 bits to floats. A key that is not UTF-8 text
+    is sent as base64, flagged by `key_encoding`, so binary keys survive
+    the trip into JSON.
     """
-    value = decode_json_value(record)
+    value = _value_of(record)
+    decode_json_value(record)
     key, key_encoding = _key_as_text(record.key)
 
     return orjson.dumps(
@@ -46,24 +50,21 @@ def envelope(record: Record) -> bytes:
             "timestamp_ms": record.timestamp_ms,
             "key": key,
             "key_encoding": key_encoding,
-            "value": value,
+            "value": orjson.Fragment(_on_one_line(value)),
         }
     )
 
 
 def passthrough(record: Record) -> bytes:
     """The value's bytes, unchanged; a record without a value is refused."""
-    if record.value is None:
-        raise DecodeError("the record has no value (a tombstone)")
-    return record.value
+    return _value_of(record)
 
 
 def decode_json_value(record: Record) -> Any:
     """The record's value parsed as JSON, or DecodeError saying why."""
-    if record.value is None:
-        raise DecodeError("the record has no value (a tombstone)")
+    value = _value_of(record)
     try:
-        return orjson.loads(record.value)
+        return orjson.loads(value)
     except orjson.JSONDecodeError as error:
         reason = (
             "not UTF-8" if "utf-8" in str(error).lower() else "not valid JSON"
@@ -134,6 +135,24 @@ def load_transform(name: str) -> Transform:
             fix=f"module {module_name!r} has no function {function_name!r}",
         )])
     return from_user_function(function)
+
+
+def _value_of(record: Record) -> bytes:
+    if record.value is None:
+        raise DecodeError("the record has no value (a tombstone)")
+    return record.value
+
+
+def _on_one_line(json_text: bytes) -> bytes:
+    """Valid JSON text with its line breaks made spaces, so that an
+    envelope is one line (NDJSON batches need that).
+
+    In valid JSON a line break can only be whitespace between tokens: one
+    inside a string must be escaped as `\\n`.
+    """
+    if b"\n" not in json_text and b"\r" not in json_text:
+        return json_text
+    return json_text.replace(b"\r", b" ").replace(b"\n", b" ")
 
 
 def _key_as_text(key: bytes | None) -> tuple[str | None, str | None]:

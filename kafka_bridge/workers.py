@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import structlog
@@ -270,13 +271,15 @@ class WorkerPool:
         # Asked once: a filtered debug call still costs microseconds, and
         # this runs for every record.
         debug = _stdlib_log.isEnabledFor(logging.DEBUG)
+        now = time.time()
         for item in items:
             record = item.record
             self._remember(item.dedup_key)
-            metrics.child(metrics.DELIVERED, record.topic).inc()
-            _observe_latency(record)
+            _observe_latency(record, now)
             if debug:
                 log.debug("record_delivered", **_where(record))
+        for topic, count in Counter(i.record.topic for i in items).items():
+            metrics.child(metrics.DELIVERED, topic).inc(count)
 
         current = self._tracker.finish_all(
             [(item.claim, item.record.offset) for item in items], done=True
@@ -378,11 +381,11 @@ class _AnyAbandoned:
         return True
 
 
-def _observe_latency(record: Record) -> None:
+def _observe_latency(record: Record, answered_at: float) -> None:
     """Kafka timestamp to 2xx; a clock skewed behind it is not counted."""
     if record.timestamp_ms is None:
         return
-    seconds = time.time() - record.timestamp_ms / 1000
+    seconds = answered_at - record.timestamp_ms / 1000
     if seconds >= 0:
         metrics.child(metrics.RECORD_LATENCY, record.topic).observe(seconds)
 

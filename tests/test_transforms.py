@@ -37,6 +37,24 @@ def test_envelope_wraps_the_decoded_value_with_its_coordinates() -> None:
     }
 
 
+def test_envelope_sends_the_value_as_it_was_written() -> None:
+    value = b'{"id": 18446744073709551617, "total": 1.10, "e": "\\u00e9"}'
+
+    body = envelope(_record(value))
+
+    assert body.endswith(b',"value":' + value + b"}")
+    assert json.loads(body)["value"]["id"] == 18446744073709551617
+
+
+def test_envelope_of_a_value_written_on_several_lines_is_one_line() -> None:
+    value = b'{\r\n  "id": 7,\n  "note": "a\\nb"\n}\n'
+
+    body = envelope(_record(value))
+
+    assert b"\n" not in body and b"\r" not in body
+    assert json.loads(body)["value"] == {"id": 7, "note": "a\nb"}
+
+
 def test_envelope_sends_a_binary_key_as_base64() -> None:
     key = b"\xff\x00\xfe"
 
