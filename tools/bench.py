@@ -146,7 +146,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("bench: interrupted; everything it started is stopped")
         return 130
 
-    targets = evaluate(results)
+    targets = evaluate(
+        results,
+        latency_judged=options.latency_fraction == LATENCY_RATE_FRACTION,
+    )
     results = replace(results, targets=[t.as_dict() for t in targets])
     print_results(results)
     print_targets(targets)
@@ -214,13 +217,18 @@ def _run(options: argparse.Namespace) -> Results:
             for case in selection.baseline_cases
         ]
         bridge_cases = [
-            _measure_bridge_case(site, case, sizes, workers, meter, ceilings)
+            _measure_bridge_case(
+                site, case, sizes, workers, meter, ceilings,
+                options.latency_fraction,
+            )
             for case in selection.bridge_cases
         ]
 
     return Results(
         machine=machine,
-        settings=_settings(selection, sizes, workers),
+        settings=_settings(
+            selection, sizes, workers, options.latency_fraction
+        ),
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         bridge_cases=bridge_cases,
         baselines=baselines,
@@ -397,6 +405,7 @@ def _measure_bridge_case(
     workers: dict[str, int],
     meter: CpuMeter,
     ceilings: dict[str, CeilingFigures],
+    latency_fraction: float,
 ) -> BridgeFigures:
     records = sizes.of(case.default_records)
     with _case_topic(site, case.name) as topic:
@@ -415,6 +424,7 @@ def _measure_bridge_case(
             work_dir=site.work,
             meter=meter,
             register_pid=site.set_bridge_pid,
+            latency_fraction=latency_fraction,
         )
     figures = BridgeFigures.of(case, records, run, ceilings)
     _say(
@@ -428,7 +438,10 @@ def _measure_bridge_case(
 
 
 def _settings(
-    selection: Selection, sizes: Sizes, workers: dict[str, int]
+    selection: Selection,
+    sizes: Sizes,
+    workers: dict[str, int],
+    latency_fraction: float,
 ) -> dict[str, Any]:
     values = [record_value(index) for index in range(_VALUE_SIZE_SAMPLE)]
     return {
@@ -447,7 +460,7 @@ def _settings(
         "post_ceiling_seconds": sizes.ceiling_seconds,
         "consume_ceiling_records": sizes.consume_ceiling_records,
         "latency_seconds": LATENCY_SECONDS,
-        "latency_rate_fraction": LATENCY_RATE_FRACTION,
+        "latency_rate_fraction": latency_fraction,
     }
 
 
@@ -522,6 +535,13 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         "of each POST ceiling process there (default: %(default)s)",
     )
     parser.add_argument(
+        "--latency-fraction", type=_latency_fraction,
+        default=LATENCY_RATE_FRACTION,
+        help="send the latency records at this fraction of the rate each "
+        "case reached on its backlog (default: %(default)s); the latency "
+        "target is judged only at the default",
+    )
+    parser.add_argument(
         "--slow-workers", type=_count("--slow-workers", 1),
         default=DEFAULT_WORKERS[SLOW_SINK],
         help="the same against the 20 ms sink (default: %(default)s)",
@@ -558,6 +578,16 @@ def _count(option: str, minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _latency_fraction(text: str) -> float:
+    value = _positive_fraction(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction of the rate, above 0 and at most 1, "
+            f"not {text!r}"
+        )
+    return value
 
 
 def _positive_fraction(text: str) -> float:

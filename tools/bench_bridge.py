@@ -135,6 +135,7 @@ def run_bridge_case(
     work_dir: Path,
     meter: CpuMeter,
     register_pid: Callable[[int | None], None],
+    latency_fraction: float = LATENCY_RATE_FRACTION,
 ) -> BridgeRun:
     """Drain the backlog, time the latency records, stop; see the module.
 
@@ -145,7 +146,7 @@ def run_bridge_case(
         bridge = run.start(workers, work_dir)
         register_pid(bridge.pid)
         drained = run.drain_backlog()
-        live = run.send_latency_records(drained.drain)
+        live = run.send_latency_records(drained.drain, latency_fraction)
         memory = _memory(bridge.pid)
         cpu_seconds = _tree_cpu_seconds(bridge.pid)
         exit_code, stop_seconds = bridge.terminate()
@@ -233,13 +234,16 @@ class _CaseRun:
         )
         return _Drained(drain, _steady_share(self._samples, drain), wall_rate)
 
-    def send_latency_records(self, drain: Drain) -> Produced:
-        """Produce at half the rate, and wait until all is committed."""
+    def send_latency_records(self, drain: Drain, fraction: float) -> Produced:
+        """Produce at this fraction of the rate the bridge reached on the
+        backlog, and wait until all is committed."""
         bridge = self._running()
         # A backlog drained before every process joined would leave their
         # rebalances to the latency records.
         self._members.wait_for_all(bridge)
-        live = _produce_latency_records(self._bootstrap, self.backlog, drain)
+        live = _produce_latency_records(
+            self._bootstrap, self.backlog, drain.records_per_second * fraction
+        )
         self._commits.wait_for(_merged_ends(self.backlog, live), bridge)
         return live
 
@@ -332,9 +336,8 @@ def _steady_share(samples: list[CpuSample], drain: Drain) -> CpuShare | None:
 
 
 def _produce_latency_records(
-    bootstrap: str, backlog: Produced, drain: Drain
+    bootstrap: str, backlog: Produced, rate: float
 ) -> Produced:
-    rate = drain.records_per_second * LATENCY_RATE_FRACTION
     count = max(_MINIMUM_LATENCY_RECORDS, round(rate * LATENCY_SECONDS))
     print(f"  latency: {count:,} more records at {rate:,.0f}/s", flush=True)
     return produce_paced(bootstrap, backlog.topic, backlog.count, count, rate)

@@ -56,7 +56,11 @@ class Target:
         return MET if reached else MISSED
 
 
-def evaluate(results: Results) -> list[Target]:
+def evaluate(
+    results: Results, *, latency_judged: bool = True
+) -> list[Target]:
+    """Each target against the run's figures; the latency target only
+    when `latency_judged` (the latency records went at half the rate)."""
     return [
         Target(
             "per record, fast sink, --processes auto",
@@ -89,7 +93,11 @@ def evaluate(results: Results) -> list[Target]:
             "added latency p99 at half the maximum rate, highest of the "
             "cases",
             "ms",
-            _extreme(results, lambda c: c.added_latency_p99_ms, max),
+            (
+                _extreme(results, lambda c: c.added_latency_p99_ms, max)
+                if latency_judged
+                else None
+            ),
             bound=5.0,
             at_most=True,
         ),
