@@ -9,8 +9,8 @@ In order:
 2. the rate comes from the sink's log, first answer to last, and the CPU
    shares from the samples within that span (start-up left out);
 3. latency: for three seconds records are produced at half that rate,
-   each sent at once, and each is timed from its Kafka timestamp to the
-   sink's answer, less the sink's own delay;
+   and each is timed from its Kafka timestamp (when the broker appended
+   it) to the sink's answer, less the sink's own delay;
 4. peak memory and CPU time are read from /proc before SIGTERM stops the
    bridge, as a service manager would.
 
