@@ -57,6 +57,7 @@ from tools.bench_bridge import (  # noqa: E402
     LATENCY_SECONDS,
     BridgeCaseError,
     SinkTarget,
+    Tuning,
     bridge_runs_processes,
     run_bridge_case,
 )
@@ -203,6 +204,7 @@ def _run(options: argparse.Namespace) -> Results:
     selection = Selection.matching(options.only)
     sizes = _sizes(options)
     workers = {FAST_SINK: options.workers, SLOW_SINK: options.slow_workers}
+    tuning = Tuning(options.latency_fraction, options.batch_wait_ms)
     not_run = _cases_this_bridge_cannot_run(selection)
     if not_run:
         selection = selection.without_processes()
@@ -218,17 +220,14 @@ def _run(options: argparse.Namespace) -> Results:
         ]
         bridge_cases = [
             _measure_bridge_case(
-                site, case, sizes, workers, meter, ceilings,
-                options.latency_fraction,
+                site, case, sizes, workers, meter, ceilings, tuning
             )
             for case in selection.bridge_cases
         ]
 
     return Results(
         machine=machine,
-        settings=_settings(
-            selection, sizes, workers, options.latency_fraction
-        ),
+        settings=_settings(selection, sizes, workers, tuning),
         finished_at=datetime.now(UTC).isoformat(timespec="seconds"),
         bridge_cases=bridge_cases,
         baselines=baselines,
@@ -405,7 +404,7 @@ def _measure_bridge_case(
     workers: dict[str, int],
     meter: CpuMeter,
     ceilings: dict[str, CeilingFigures],
-    latency_fraction: float,
+    tuning: Tuning,
 ) -> BridgeFigures:
     records = sizes.of(case.default_records)
     with _case_topic(site, case.name) as topic:
@@ -424,7 +423,7 @@ def _measure_bridge_case(
             work_dir=site.work,
             meter=meter,
             register_pid=site.set_bridge_pid,
-            latency_fraction=latency_fraction,
+            tuning=tuning,
         )
     figures = BridgeFigures.of(case, records, run, ceilings)
     _say(
@@ -441,7 +440,7 @@ def _settings(
     selection: Selection,
     sizes: Sizes,
     workers: dict[str, int],
-    latency_fraction: float,
+    tuning: Tuning,
 ) -> dict[str, Any]:
     values = [record_value(index) for index in range(_VALUE_SIZE_SAMPLE)]
     return {
@@ -460,7 +459,8 @@ def _settings(
         "post_ceiling_seconds": sizes.ceiling_seconds,
         "consume_ceiling_records": sizes.consume_ceiling_records,
         "latency_seconds": LATENCY_SECONDS,
-        "latency_rate_fraction": latency_fraction,
+        "latency_rate_fraction": tuning.latency_fraction,
+        "batch_max_wait_ms": tuning.batch_max_wait_ms,
     }
 
 
@@ -540,6 +540,11 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         help="send the latency records at this fraction of the rate each "
         "case reached on its backlog (default: %(default)s); the latency "
         "target is judged only at the default",
+    )
+    parser.add_argument(
+        "--batch-wait-ms", type=_count("--batch-wait-ms", 0), default=None,
+        help="the bridge's delivery.batch_max_wait_ms in the batch cases "
+        "(default: the bridge's own, 50)",
     )
     parser.add_argument(
         "--slow-workers", type=_count("--slow-workers", 1),

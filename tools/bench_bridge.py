@@ -62,6 +62,15 @@ LATENCY_RATE_FRACTION = 0.5
 LATENCY_SECONDS = 3.0
 _MINIMUM_LATENCY_RECORDS = 100
 
+
+@dataclass(frozen=True)
+class Tuning:
+    """What one bench run changes for all its bridge cases."""
+
+    latency_fraction: float = LATENCY_RATE_FRACTION
+    # delivery.batch_max_wait_ms of the batch cases; None: the bridge's.
+    batch_max_wait_ms: int | None = None
+
 _PHASE_TIMEOUT_SECONDS = 900.0
 _COMMITTED_TIMEOUT_SECONDS = 10.0
 _PROGRESS_POLL_SECONDS = 0.5
@@ -135,7 +144,7 @@ def run_bridge_case(
     work_dir: Path,
     meter: CpuMeter,
     register_pid: Callable[[int | None], None],
-    latency_fraction: float = LATENCY_RATE_FRACTION,
+    tuning: Tuning = Tuning(),
 ) -> BridgeRun:
     """Drain the backlog, time the latency records, stop; see the module.
 
@@ -143,10 +152,12 @@ def run_bridge_case(
     is counted as the bridge's."""
     run = _CaseRun(case, backlog, bootstrap, sink, meter)
     try:
-        bridge = run.start(workers, work_dir)
+        bridge = run.start(workers, work_dir, tuning.batch_max_wait_ms)
         register_pid(bridge.pid)
         drained = run.drain_backlog()
-        live = run.send_latency_records(drained.drain, latency_fraction)
+        live = run.send_latency_records(
+            drained.drain, tuning.latency_fraction
+        )
         memory = _memory(bridge.pid)
         cpu_seconds = _tree_cpu_seconds(bridge.pid)
         exit_code, stop_seconds = bridge.terminate()
@@ -207,10 +218,12 @@ class _CaseRun:
         self._bridge: _Bridge | None = None
         self._started_at = 0.0
 
-    def start(self, workers: int, work_dir: Path) -> _Bridge:
+    def start(
+        self, workers: int, work_dir: Path, batch_max_wait_ms: int | None
+    ) -> _Bridge:
         config = _write_config(
             self.case, self._bootstrap, self._group, self.backlog.topic,
-            self._sink, workers, work_dir,
+            self._sink, workers, batch_max_wait_ms, work_dir,
         )
         self._look()
         self._started_at = time.monotonic()
@@ -278,10 +291,11 @@ def _write_config(
     topic: str,
     sink: SinkTarget,
     workers: int,
+    batch_max_wait_ms: int | None,
     work_dir: Path,
 ) -> Path:
-    """The bridge's defaults, but for the case's delivery mode and the
-    worker count; metrics off, since the bench reads none of them."""
+    """The bridge's defaults, but for the case's delivery mode, the worker
+    count and any batch wait; metrics off, since the bench reads none."""
     settings: dict[str, object] = {
         "kafka": {
             "bootstrap_servers": bootstrap,
@@ -294,10 +308,13 @@ def _write_config(
         "logging": {"format": "json", "level": "INFO"},
     }
     if case.mode == BATCH_MODE:
-        settings["delivery"] = {
+        delivery: dict[str, object] = {
             "mode": "batch",
             "batch_max_records": case.records_per_post,
         }
+        if batch_max_wait_ms is not None:
+            delivery["batch_max_wait_ms"] = batch_max_wait_ms
+        settings["delivery"] = delivery
     # JSON is YAML, and needs no quoting rules of its own.
     path = work_dir / f"{case.name}.yaml"
     path.write_text(json.dumps(settings, indent=2))

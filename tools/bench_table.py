@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from tools.bench_bridge import LATENCY_RATE_FRACTION
 from tools.bench_cases import PROCESS_PER_CPU
 from tools.bench_cpu import DISTURBED_AT_CORES
 from tools.bench_results import CpuFigures, Results
@@ -73,7 +74,21 @@ def _print_heading(results: Results) -> None:
         f"sinks: fast = nginx answering 204 at once; slow = "
         f"tools/slow_sink.py answering 204 after "
         f"{settings['slow_sink_delay_ms']:g} ms\n"
+        f"{_tuning(settings)}"
     )
+
+
+def _tuning(settings: dict[str, Any]) -> str:
+    """A line for what the run changed from the bench's defaults."""
+    changes = []
+    fraction = settings.get("latency_rate_fraction", LATENCY_RATE_FRACTION)
+    if fraction != LATENCY_RATE_FRACTION:
+        changes.append(
+            f"latency records at {fraction:g} of each case's rate"
+        )
+    if settings.get("batch_max_wait_ms") is not None:
+        changes.append(f"batch_max_wait_ms {settings['batch_max_wait_ms']}")
+    return f"changed: {'; '.join(changes)}\n" if changes else ""
 
 
 def _print_bridge_cases(results: Results) -> None:
