@@ -48,6 +48,14 @@ class PartitionProgress:
             self.next_offset = offset + 1
 
     @property
+    def last_tracked(self) -> int | None:
+        """The highest offset tracked, pending or finished: once all are
+        finished, the one below the next offset to commit."""
+        if self.pending:
+            return self.pending[-1]
+        return None if self.next_offset is None else self.next_offset - 1
+
+    @property
     def commit_offset(self) -> int | None:
         """The offset a commit may name: the lowest one still pending."""
         if self.pending:
@@ -244,9 +252,10 @@ class OffsetTracker:
         progress = self._partitions.get(key)
         if progress is None:
             progress = self._partitions[key] = PartitionProgress(key)
-        if progress.pending and offset <= progress.pending[-1]:
+        last = progress.last_tracked
+        if last is not None and offset <= last:
             raise ValueError(
                 f"offset {offset} of {key[0]}/{key[1]} is not above "
-                f"the last tracked offset {progress.pending[-1]}"
+                f"the last tracked offset {last}"
             )
         progress.pending.append(offset)

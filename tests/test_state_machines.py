@@ -468,15 +468,9 @@ class OffsetTrackerRewindMachine(RuleBasedStateMachine):
 
 TestOffsetTracker = STATE_MACHINE_SETTINGS(OffsetTrackerMachine).TestCase
 
-TestOffsetTrackerRewind = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "track compares a new offset with the last one still pending: once "
-        "a partition's records are all finished it accepts an offset at or "
-        "below the last tracked one, and the commit offset goes back"
-    ),
-)(STATE_MACHINE_SETTINGS(OffsetTrackerRewindMachine).TestCase)
+TestOffsetTrackerRewind = STATE_MACHINE_SETTINGS(
+    OffsetTrackerRewindMachine
+).TestCase
 
 # ---------------------------------------------------------------------------
 # The dedup cache
