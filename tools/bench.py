@@ -544,7 +544,7 @@ def _parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--batch-wait-ms", type=_count("--batch-wait-ms", 0), default=None,
         help="the bridge's delivery.batch_max_wait_ms in the batch cases "
-        "(default: the bridge's own, 50)",
+        "(default: the bridge's own)",
     )
     parser.add_argument(
         "--slow-workers", type=_count("--slow-workers", 1),

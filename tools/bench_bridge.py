@@ -62,15 +62,6 @@ LATENCY_RATE_FRACTION = 0.5
 LATENCY_SECONDS = 3.0
 _MINIMUM_LATENCY_RECORDS = 100
 
-
-@dataclass(frozen=True)
-class Tuning:
-    """What one bench run changes for all its bridge cases."""
-
-    latency_fraction: float = LATENCY_RATE_FRACTION
-    # delivery.batch_max_wait_ms of the batch cases; None: the bridge's.
-    batch_max_wait_ms: int | None = None
-
 _PHASE_TIMEOUT_SECONDS = 900.0
 _COMMITTED_TIMEOUT_SECONDS = 10.0
 _PROGRESS_POLL_SECONDS = 0.5
@@ -81,6 +72,15 @@ _BRIDGE_STOP_TIMEOUT_SECONDS = 30.0
 _JOIN_TIMEOUT_SECONDS = 60.0
 _HELP_TIMEOUT_SECONDS = 30.0
 _BRIDGE_LOG_TAIL_LINES = 30
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """What one bench run changes for all its bridge cases."""
+
+    latency_fraction: float = LATENCY_RATE_FRACTION
+    # delivery.batch_max_wait_ms of the batch cases; None: the bridge's.
+    batch_max_wait_ms: int | None = None
 
 
 class BridgeCaseError(Exception):
