@@ -44,6 +44,7 @@ from prometheus_client import (
 from kafka_bridge import metrics
 from kafka_bridge.config import Settings
 from kafka_bridge.errors import ConfigError
+from kafka_bridge.usable_cpus import usable_cpus
 from kafka_bridge.version import __version__
 
 log = structlog.get_logger(__name__)
@@ -369,7 +370,7 @@ def _process_reports(metrics_dir: str, gauge: str) -> dict[str, float]:
 def process_count(value: str) -> int:
     """`--processes`: a positive count, or `auto` for the usable CPUs."""
     if value == "auto":
-        return len(os.sched_getaffinity(0))
+        return usable_cpus()
     count = int(value)
     if count < 1:
         raise ValueError(value)

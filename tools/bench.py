@@ -47,6 +47,7 @@ from confluent_kafka import KafkaException
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from kafka_bridge.usable_cpus import usable_cpus  # noqa: E402
 from tools.bench_baseline import (  # noqa: E402
     BaselineError,
     BaselineRun,
@@ -75,7 +76,6 @@ from tools.bench_cases import (  # noqa: E402
     PostCeilingCase,
     Selection,
     Sizes,
-    usable_cpus,
 )
 from tools.bench_ceilings import (  # noqa: E402
     Ceiling,

@@ -14,9 +14,10 @@ try, and `--only` picks cases by name (shell-style patterns).
 from __future__ import annotations
 
 import fnmatch
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+from kafka_bridge.usable_cpus import usable_cpus
 
 RECORD_MODE = "record"
 BATCH_MODE = "batch"
@@ -35,11 +36,6 @@ DEFAULT_WORKERS = {FAST_SINK: 8, SLOW_SINK: 32}
 # Records of the topic the consume ceilings read: a few seconds' worth.
 CONSUME_CEILING_RECORDS = 300_000
 POST_CEILING_SECONDS = 6.0
-
-
-def usable_cpus() -> int:
-    """What `--processes auto` means: the CPUs this process may run on."""
-    return len(os.sched_getaffinity(0))
 
 
 @dataclass(frozen=True)
