@@ -12,6 +12,7 @@ Stopping is a written sequence under one deadline; see `Bridge.stop`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import re
 import socket
@@ -21,7 +22,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 
 from kafka_bridge import metrics
 from kafka_bridge.breaker import BreakerState, CircuitBreaker
@@ -252,6 +253,28 @@ class Bridge:
                 return False
             time.sleep(min(_DRAIN_CHECK_SECONDS, deadline.remaining()))
         return True
+
+
+def check_settings(settings: Settings) -> None:
+    """Raise ConfigError for what start-up would refuse beyond the schema:
+    a transform that cannot be loaded, a contract that cannot be read, a
+    client property librdkafka refuses.
+
+    librdkafka checks properties when a client is made, so the consumer
+    and the dead-letter producer are made as `run` makes them, but told
+    of no broker, so that they connect nowhere, and let go at once.
+    """
+    load_transform(settings.pipeline.transform)
+    contract(settings)
+
+    offline = dataclasses.replace(
+        settings,
+        kafka=dataclasses.replace(settings.kafka, bootstrap_servers=""),
+    )
+    with _librdkafka_settings("kafka.consumer"):
+        Consumer(consumer_config(offline)).close()
+    with _librdkafka_settings("kafka.producer"):
+        _dead_letter_writer(offline)
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

@@ -140,8 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _invalid_configuration(error)
 
     if args.command == "check-config":
-        sys.stdout.write(render_masked(settings))
-        return EXIT_OK
+        return _check_config(settings)
     if args.command == "dlq-replay":
         return _replay(settings, args)
     if args.processes > 1:
@@ -238,8 +237,22 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _check_config(settings: Settings) -> int:
+    """What `run` would refuse at start-up, short of reaching the broker
+    and the API; the settings, secrets masked, when it would refuse none."""
+    # Imported here so that --help stays light.
+    from kafka_bridge.bridge import check_settings
+
+    try:
+        check_settings(settings)
+    except ConfigError as error:
+        return _invalid_configuration(error)
+    sys.stdout.write(render_masked(settings))
+    return EXIT_OK
+
+
 def _run(settings: Settings) -> int:
-    # Imported here so that check-config and --help stay light.
+    # Imported here so that --help stays light.
     from kafka_bridge.bridge import Bridge
     from kafka_bridge.logs import configure_logging
     from kafka_bridge.supervisor import (
@@ -363,7 +376,7 @@ def _add_replay_options(command: argparse.ArgumentParser) -> None:
 
 
 def _replay(settings: Settings, args: argparse.Namespace) -> int:
-    # Imported here so that check-config and --help stay light.
+    # Imported here so that --help stays light.
     from confluent_kafka import KafkaException
 
     from kafka_bridge.logs import configure_logging

@@ -177,6 +177,7 @@ def test_run_delivers_then_exits_0_on_sigterm(
     assert '"bridge_stopped"' in log
 
 
+@pytest.mark.parametrize("command", ["run", "check-config"])
 @pytest.mark.parametrize(
     ("section", "extra"),
     [("consumer", ""), ("producer", "dlq:\n  topic: t.dlq\n")],
@@ -184,6 +185,7 @@ def test_run_delivers_then_exits_0_on_sigterm(
 def test_a_property_librdkafka_refuses_exits_2_naming_it(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    command: str,
     section: str,
     extra: str,
 ) -> None:
@@ -192,12 +194,49 @@ def test_a_property_librdkafka_refuses_exits_2_naming_it(
         f"  topics: [t]\n  {section}:\n    fetch.wiat.max.ms: 50\n",
     ) + extra
 
-    code = main(["run", "--config", str(_config(tmp_path, text))])
+    code = main([command, "--config", str(_config(tmp_path, text))])
+
+    assert code == 2
+    out, error = capsys.readouterr()
+    assert f"kafka.{section}.fetch.wiat.max.ms" in error
+    assert "Traceback" not in error
+    assert out == ""
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_a_transform_that_cannot_be_imported_exits_2_naming_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    text = _valid_yaml() + "pipeline:\n  transform: no_such_module:fn\n"
+
+    code = main([command, "--config", str(_config(tmp_path, text))])
 
     assert code == 2
     error = capsys.readouterr().err
-    assert f"kafka.{section}.fetch.wiat.max.ms" in error
-    assert "Traceback" not in error
+    assert "pipeline.transform" in error
+    assert "no_such_module" in error
+
+
+def test_check_config_accepts_what_librdkafka_accepts_and_connects_nowhere(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        listener.settimeout(0.5)
+        port = listener.getsockname()[1]
+        text = _valid_yaml(bootstrap=f"127.0.0.1:{port}").replace(
+            "  topics: [t]\n",
+            "  topics: [t]\n  consumer:\n    fetch.wait.max.ms: 50\n",
+        ) + "dlq:\n  topic: t.dlq\n"
+
+        code = main(["check-config", "--config", str(_config(tmp_path, text))])
+
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "fetch.wait.max.ms" in out
 
 
 @pytest.mark.parametrize(
