@@ -98,6 +98,8 @@ class WorkerPool:
         self._dead_letters = dead_letters
         self._batching = batching
         self._stopping = threading.Event()
+        # Each worker thread's _HeldClaims, found from the methods it calls.
+        self._held = threading.local()
         self._threads = [
             threading.Thread(
                 target=self._work, args=(index,), name=f"worker-{index}",
@@ -129,6 +131,7 @@ class WorkerPool:
     # -- one worker ---------------------------------------------------
 
     def _work(self, index: int) -> None:
+        held = self._held.claims = _HeldClaims()
         while not self._stopping.is_set():
             records = self._take(index)
             try:
@@ -139,11 +142,20 @@ class WorkerPool:
                 else:
                     self._deliver_batches(prepared, self._batching)
             except Exception:
-                # Records whose claim is still open stay uncommitted; the
-                # worker lives on for the next ones.
-                log.error("records_failed_unexpectedly", exc_info=True)
-                for record in records:
-                    metrics.FAILED.labels(record.topic, "unexpected").inc()
+                self._release_after_failure(held)
+
+    def _release_after_failure(self, held: _HeldClaims) -> None:
+        """Release what the failed turn still held, uncommitted: it holds
+        its partition's commit back, and the partition's next owner, or
+        this bridge after a restart, delivers it. A claim left open would
+        also hold a revoke for its whole timeout. The worker lives on."""
+        claims = held.take_all()
+        log.error(
+            "records_failed_unexpectedly", released=len(claims), exc_info=True
+        )
+        for claim, _ in claims:
+            metrics.FAILED.labels(claim.key[0], "unexpected").inc()
+        self._tracker.finish_all(claims, done=False)
 
     def _take(self, index: int) -> list[Record]:
         """The next record, or the next batch of them; [] when idle."""
@@ -162,6 +174,10 @@ class WorkerPool:
         claims = self._tracker.begin_all(
             [(record.topic, record.partition) for record in records]
         )
+        held: _HeldClaims = self._held.claims
+        for record, claim in zip(records, claims, strict=True):
+            if claim is not None:
+                held.hold(claim, record.offset)
         return [
             prepared
             for record, claim in zip(records, claims, strict=True)
@@ -281,6 +297,8 @@ class WorkerPool:
         for topic, count in Counter(i.record.topic for i in items).items():
             metrics.child(metrics.DELIVERED, topic).inc(count)
 
+        for item in items:
+            self._let_go(item.claim, item.record.offset)
         current = self._tracker.finish_all(
             [(item.claim, item.record.offset) for item in items], done=True
         )
@@ -291,7 +309,10 @@ class WorkerPool:
     def _give_up(self, claim: PartitionProgress, letter: DeadLetter) -> None:
         """Dead-letter the record, or hold it when that is not possible."""
         done = self._dead_letter(claim, letter)
-        if done is not None:
+        if done is None:
+            # The dead-letter writer finishes it once the broker answers.
+            self._let_go(claim, letter.record.offset)
+        else:
             self._finish(claim, letter.record, done=done)
 
     def _dead_letter(
@@ -346,14 +367,47 @@ class WorkerPool:
     def _finish(
         self, claim: PartitionProgress, record: Record, *, done: bool
     ) -> None:
+        self._let_go(claim, record.offset)
         if not self._tracker.finish(claim, record.offset, done=done):
             self._late(record)
+
+    def _let_go(self, claim: PartitionProgress, offset: int) -> None:
+        """The worker no longer answers for this record. Called from the
+        dead-letter writer's thread too, which holds no claims."""
+        held: _HeldClaims | None = getattr(self._held, "claims", None)
+        if held is not None:
+            held.let_go(claim, offset)
 
     def _late(self, record: Record) -> None:
         """Its partition was revoked while it was delivered: the new owner
         delivers it again, and this completion changes nothing."""
         metrics.LATE_COMPLETIONS.inc()
         log.info("late_completion_ignored", **_where(record))
+
+
+class _HeldClaims:
+    """The records one worker claimed and has neither finished nor handed
+    to the dead-letter writer: what a turn that fails unexpectedly must
+    release."""
+
+    __slots__ = ("_claims",)
+
+    def __init__(self) -> None:
+        # Keyed by the claim's identity: a later assignment of the same
+        # partition is another claim.
+        self._claims: dict[tuple[int, int], tuple[PartitionProgress, int]]
+        self._claims = {}
+
+    def hold(self, claim: PartitionProgress, offset: int) -> None:
+        self._claims[(id(claim), offset)] = (claim, offset)
+
+    def let_go(self, claim: PartitionProgress, offset: int) -> None:
+        self._claims.pop((id(claim), offset), None)
+
+    def take_all(self) -> list[tuple[PartitionProgress, int]]:
+        claims = list(self._claims.values())
+        self._claims.clear()
+        return claims
 
 
 class _AnyAbandoned:
