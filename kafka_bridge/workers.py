@@ -297,8 +297,11 @@ class WorkerPool:
         for topic, count in Counter(i.record.topic for i in items).items():
             metrics.child(metrics.DELIVERED, topic).inc(count)
 
+        # Let go only now: a step above that failed leaves them held, to
+        # be released with the rest of the turn.
+        held: _HeldClaims = self._held.claims
         for item in items:
-            self._let_go(item.claim, item.record.offset)
+            held.let_go(item.claim, item.record.offset)
         current = self._tracker.finish_all(
             [(item.claim, item.record.offset) for item in items], done=True
         )
